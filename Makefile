@@ -1,0 +1,44 @@
+# vision-suite: `make demo` and `make test` set themselves up first (a no-op when nothing changed).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt only when the dependency files change: the stamp name carries their hash.
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+DEMO_OUT ?= demo_out
+DEMO_MINUTES ?= 3
+
+.PHONY: setup demo test lint format clean bench-help
+
+setup: $(STAMP)
+
+$(STAMP):
+	@echo "== setup: installing $(VENV) (dependency files changed or no venv yet)"
+	rm -f $(VENV)/.installed-*
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -c "import torch, torchvision, ultralytics, monai, SimpleITK, onnxruntime, streamlit"
+	touch $(STAMP)
+	@echo "== setup: done"
+
+demo: setup
+	$(BIN)/vsuite demo --out $(DEMO_OUT) --minutes $(DEMO_MINUTES)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
+
+bench-help:
+	@echo "Benchmarks (not part of make test): $(BIN)/python benchmarks/<name>.py --help"

@@ -1,0 +1,142 @@
+"""Torch model -> self-describing ONNX file, with a parity check against torch.
+
+The ONNX file carries everything inference needs in ``metadata_props`` (JSON-encoded values): task, labels,
+input shape and dtype, preprocessing parameters, thresholds, temperature, package versions and the
+training-data fingerprint. Inference reads it back with ``common.inference.OnnxModel.metadata``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from common.results import now_iso
+from common.rundir import package_versions
+
+MIN_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """Export failed or the ONNX model disagrees with torch beyond tolerance."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    max_abs_diff: float
+    max_rel_diff: float
+    opset: int
+
+
+def _encode(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def set_metadata(model_proto: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+    """Replace ``metadata_props`` with ``metadata`` (values JSON-encoded unless already strings)."""
+    del model_proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model_proto.metadata_props.add()
+        entry.key = str(key)
+        entry.value = _encode(value)
+
+
+def write_metadata(path: Path | str, metadata: dict[str, Any]) -> None:
+    """Merge ``metadata`` into an existing ONNX file's metadata_props (e.g. thresholds chosen after export)."""
+    path = Path(path)
+    proto = onnx.load(str(path))
+    merged = {p.key: p.value for p in proto.metadata_props}
+    merged.update({k: _encode(v) for k, v in metadata.items()})
+    set_metadata(proto, merged)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+
+
+def _to_onnx_bytes(model: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter handles every network we ship (ResNets, MONAI 3D nets) with a dynamic batch
+        # axis in one self-contained file; the dynamo exporter would split weights into a side file.
+        torch.onnx.export(model, (example,), buf, input_names=[input_name], output_names=[output_name],
+                          opset_version=opset, dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path | str,
+    metadata: dict[str, Any],
+    *,
+    input_name: str = "input",
+    output_name: str = "logits",
+    opset: int = MIN_OPSET,
+    check_parity: bool = True,
+    rtol: float = 1e-4,
+    parity_batches: int = 2,
+) -> ExportReport:
+    """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis and ``metadata`` attached.
+
+    ``example``: one input batch, e.g. (1, 3, 128, 128) or (1, 1, 96, 96, 96) float32.
+    Parity: random inputs of batch 1 and 3 through torch and onnxruntime; fails when
+    ``max|onnx - torch| > rtol * max(1, max|torch|)``.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} < {MIN_OPSET}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    device = next(model.parameters()).device
+    model = model.eval().cpu()
+    example = example.detach().float().cpu()
+    try:
+        proto = onnx.load_from_string(_to_onnx_bytes(model, example, input_name, output_name, opset))
+    except Exception as exc:
+        raise ExportError(f"ONNX export of {type(model).__name__} failed: {exc}") from exc
+    meta = {
+        "input_name": input_name,
+        "output_name": output_name,
+        "input_shape": ["batch", *example.shape[1:]],
+        "input_dtype": "float32",
+        "exported_at": now_iso(),
+        "versions": package_versions(),
+        **metadata,
+    }
+    set_metadata(proto, meta)
+    onnx.checker.check_model(proto)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+
+    max_abs = max_rel = 0.0
+    if check_parity:
+        from common.inference import OnnxModel
+
+        onnx_model = OnnxModel(path)
+        gen = torch.Generator().manual_seed(0)
+        for batch in (1, 3)[:parity_batches]:
+            x = torch.rand((batch, *example.shape[1:]), generator=gen)
+            with torch.no_grad():
+                ref = model(x).float().numpy()
+            got = onnx_model.run(x.numpy())
+            diff = float(np.abs(got - ref).max())
+            scale = max(1.0, float(np.abs(ref).max()))
+            max_abs = max(max_abs, diff)
+            max_rel = max(max_rel, diff / scale)
+        if max_rel > rtol:
+            raise ExportError(f"{path}: ONNX output differs from torch by {max_abs:.3g} "
+                              f"(relative {max_rel:.3g} > {rtol:g})")
+    model.to(device).train(was_training)
+    return ExportReport(path, max_abs, max_rel, opset)

@@ -1,0 +1,100 @@
+"""Process-wide runtime settings: seeding, device choice, torch threads, offline Ultralytics.
+
+Torch is imported inside the functions that need it, so importing this module stays cheap and torch-free
+(the ONNX inference path imports it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+DevicePreference = Literal["auto", "cpu", "cuda"]
+
+# Ultralytics phones home (hub, GitHub assets for fonts and AMP-check weights) unless told not to.
+_OFFLINE_ENV = {
+    "YOLO_OFFLINE": "True",
+    "YOLO_VERBOSE": os.environ.get("YOLO_VERBOSE", "False"),
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled",
+    "COMET_MODE": "disabled",
+}
+
+
+def configure_offline() -> None:
+    """Set the environment that keeps Ultralytics (and friends) from reaching the network.
+
+    Must run before ``import ultralytics``: it reads YOLO_OFFLINE at import time.
+    """
+    for key, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ["YOLO_OFFLINE"] = "True"
+
+
+def import_ultralytics():
+    """Return the ``ultralytics`` module, configured offline, with its settings made network-free."""
+    if "ultralytics" not in sys.modules:
+        configure_offline()
+    import ultralytics
+    from ultralytics.utils import SETTINGS
+
+    # sync=False stops anonymous analytics; hub/platform integrations off.
+    try:
+        SETTINGS.update({"sync": False, "hub": False, "wandb": False, "comet": False, "clearml": False,
+                         "dvc": False, "mlflow": False, "neptune": False, "raytune": False, "tensorboard": False})
+    except (KeyError, ValueError, TypeError):  # pragma: no cover - settings schema differs across releases
+        SETTINGS.update({"sync": False})
+    return ultralytics
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices). ``deterministic`` also asks cuDNN for determinism."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(preference: DevicePreference | str = "auto") -> torch.device:
+    """CUDA when present (or asked for and present), else CPU. Asking for CUDA without one is an error."""
+    import torch
+
+    from common.errors import InputError
+
+    if preference not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device {preference!r}: expected one of auto, cpu, cuda")
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if preference == "cuda":
+        raise InputError("device 'cuda' requested but no CUDA device is available")
+    return torch.device("cpu")
+
+
+def set_torch_threads(n: int | None = None) -> int:
+    """Set torch intra-op threads (default: all cores this process may use). Returns the count set."""
+    import torch
+
+    if n is None or n <= 0:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            n = os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n

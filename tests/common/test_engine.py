@@ -1,0 +1,138 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.calibration import fit_temperature
+from common.engine import (
+    FocalLoss,
+    StageConfig,
+    TrainConfig,
+    balanced_class_weights,
+    evaluate,
+    fit,
+    load_checkpoint,
+)
+from common.metrics import expected_calibration_error, softmax
+from tests.common.toys import TinyNet, blobs
+
+
+def test_fit_reaches_high_accuracy_on_separable_toy(tmp_path, toy_loaders):
+    train, val = toy_loaders
+    torch.manual_seed(0)
+    model = TinyNet()
+    cfg = TrainConfig(epochs=6, lr=3e-3, t0=6, monitor="accuracy", patience=6)
+    res = fit(model, train, val, cfg, tmp_path, ["a", "b"], config_snapshot={"seed": 0})
+    out = evaluate(model, val, labels=["a", "b"])
+    assert out.metrics["accuracy"] >= 0.95
+    assert res.best_metric == pytest.approx(max(h["val_accuracy"] for h in res.history))
+    ckpt = load_checkpoint(res.best_path)
+    assert ckpt["labels"] == ["a", "b"] and ckpt["config"] == {"seed": 0}
+    assert res.val_logits.shape == (256, 2)
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, toy_loaders):
+    train, val = toy_loaders
+    torch.manual_seed(0)
+    model = TinyNet()
+    fit(model, train, val, TrainConfig(epochs=2, lr=3e-3, patience=10), tmp_path, ["a", "b"])
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 1 and len(last["history"]) == 2
+
+    # A fresh model resumed from last.pt starts from those weights and trains only the remaining epochs.
+    torch.manual_seed(123)
+    resumed = TinyNet()
+    res = fit(resumed, train, val, TrainConfig(epochs=4, lr=3e-3, patience=10), tmp_path, ["a", "b"], resume=True)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    assert res.history[:2] == last["history"]
+    final = load_checkpoint(tmp_path / "last.pt")
+    assert final["epoch"] == 3
+    assert evaluate(resumed, val).metrics["accuracy"] >= 0.95
+
+
+def test_deadline_stops_training_cleanly(tmp_path, toy_loaders):
+    train, val = toy_loaders
+    res = fit(TinyNet(), train, val, TrainConfig(epochs=50, patience=50), tmp_path, ["a", "b"],
+              deadline=time.monotonic())
+    assert res.stopped_reason == "time budget reached"
+    assert len(res.history) == 1 and res.history[0]["partial"]
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+
+
+def test_staged_unfreezing_trains_head_first(tmp_path, toy_loaders):
+    train, val = toy_loaders
+    torch.manual_seed(0)
+    model = TinyNet()
+    trunk0 = [p.detach().clone() for p in model.features.parameters()]
+    head0 = [p.detach().clone() for p in model.head.parameters()]
+    cfg = TrainConfig(stages=[StageConfig(epochs=1, lr=1e-2, trainable=["head"])], patience=5)
+    fit(model, train, val, cfg, tmp_path / "s1", ["a", "b"])
+    assert all(torch.equal(a, b) for a, b in zip(trunk0, model.features.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(head0, model.head.parameters(), strict=True))
+
+    cfg2 = TrainConfig(stages=[StageConfig(epochs=1, lr=1e-2, trainable=["head"]),
+                               StageConfig(epochs=1, lr=1e-3, trainable=["*"])], patience=5, monitor="loss")
+    model2 = TinyNet()
+    trunk_before = [p.detach().clone() for p in model2.features.parameters()]
+    res = fit(model2, train, val, cfg2, tmp_path / "s2", ["a", "b"])
+    assert [h["stage"] for h in res.history] == [0, 1]
+    assert [h["lr"] for h in res.history][1] <= 1e-3
+    # the best checkpoint is whichever epoch had the lowest val loss; the trunk moved in stage 2
+    ckpt = load_checkpoint(tmp_path / "s2" / "last.pt")
+    moved = [not torch.equal(a, ckpt["model"][f"features.{k}"]) for k, a in zip(
+        ["0.weight", "0.bias", "2.weight", "2.bias"], trunk_before, strict=True)]
+    assert any(moved)
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    logits = torch.randn(16, 3)
+    y = torch.randint(0, 3, (16,))
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert FocalLoss(gamma=0.0)(logits, y).item() == pytest.approx(ce.item(), rel=1e-5)
+    # focusing down-weights easy examples: focal loss is never above CE
+    assert FocalLoss(gamma=2.0)(logits, y).item() <= ce.item()
+
+
+def test_class_weights_balanced():
+    w = balanced_class_weights([90, 10])
+    assert w.tolist() == pytest.approx([100 / 180, 100 / 20])
+
+
+def test_focal_and_class_weighted_training_on_imbalanced_toy(tmp_path):
+    torch.manual_seed(0)
+    x, y = blobs(600, 3)
+    keep = (y == 0) | (torch.rand(len(y)) < 0.15)  # ~1:7 imbalance
+    train = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=32, shuffle=True)
+    xv, yv = blobs(200, 4)
+    val = DataLoader(TensorDataset(xv, yv), batch_size=100)
+    cfg = TrainConfig(epochs=5, lr=3e-3, loss="focal", class_weighting="balanced", focal_gamma=2.0, patience=5)
+    counts = np.bincount(y[keep].numpy(), minlength=2).tolist()
+    model = TinyNet()
+    fit(model, train, val, cfg, tmp_path, ["maj", "min"], class_counts=counts)
+    out = evaluate(model, val, labels=["maj", "min"])
+    assert out.metrics["per_class"]["min"]["recall"] >= 0.9
+    assert out.metrics["balanced_accuracy"] >= 0.9
+
+
+def test_temperature_scaling_lowers_ece_of_overconfident_model(tmp_path):
+    """Train far past the point of overfitting on noisy labels: confident and often wrong; T fixes that."""
+    torch.manual_seed(0)
+    xt, yt = blobs(128, 5, noise=1.4, flip=0.2)
+    xv, yv = blobs(1000, 6, noise=1.4, flip=0.2)
+    model = TinyNet(hidden=128)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(600):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    with torch.no_grad():
+        logits = model(xv).numpy()
+    y = yv.numpy()
+    ece_before = expected_calibration_error(y, softmax(logits))
+    t = fit_temperature(logits, y)
+    ece_after = expected_calibration_error(y, softmax(logits, t))
+    assert t > 1.5, "an overfit model should need a temperature well above 1"
+    assert ece_before > 0.1
+    assert ece_after < ece_before / 2

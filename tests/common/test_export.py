@@ -1,0 +1,108 @@
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from common.export import ExportError, export_onnx, write_metadata
+from common.inference import OnnxModel
+
+
+class Small2D(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+class Small3D(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+META = {"task": "classify", "labels": ["scratch", "pit", "stain", "background"], "temperature": 1.7,
+        "preprocessing": {"size": 64, "mean": [0.485, 0.456, 0.406]}, "thresholds": {"fail": 0.6, "review": 0.3},
+        "data_fingerprint": "abc123"}
+
+
+def test_export_round_trip_parity_and_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = Small2D().eval()
+    report = export_onnx(model, torch.rand(1, 3, 64, 64), tmp_path / "m.onnx", META)
+    assert report.max_rel_diff <= 1e-4 and report.opset >= 17
+    m = OnnxModel(tmp_path / "m.onnx")
+    assert m.metadata["labels"] == META["labels"]
+    assert m.metadata["thresholds"] == {"fail": 0.6, "review": 0.3}
+    assert m.metadata["temperature"] == pytest.approx(1.7)
+    assert m.metadata["preprocessing"]["size"] == 64
+    assert m.metadata["input_shape"] == ["batch", 3, 64, 64]
+    assert m.metadata["input_dtype"] == "float32"
+    assert "torch" in m.metadata["versions"] and m.metadata["data_fingerprint"] == "abc123"
+    assert m.labels == META["labels"]
+    # dynamic batch axis: any batch size runs and matches torch
+    x = torch.rand(5, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(m.run(x.numpy()), ref, rtol=1e-4, atol=1e-5)
+    assert onnx.load(str(tmp_path / "m.onnx")).opset_import[0].version >= 17
+
+
+def test_export_3d_and_metadata_update(tmp_path):
+    report = export_onnx(Small3D(), torch.rand(1, 1, 16, 16, 16), tmp_path / "v.onnx", {"labels": ["neg", "pos"]})
+    assert report.max_abs_diff < 1e-4
+    write_metadata(tmp_path / "v.onnx", {"threshold": 0.42})
+    m = OnnxModel(tmp_path / "v.onnx")
+    assert m.metadata["threshold"] == 0.42 and m.metadata["labels"] == ["neg", "pos"]
+    assert m.run(np.zeros((2, 1, 16, 16, 16), np.float32)).shape == (2, 2)
+
+
+def test_export_restores_training_mode(tmp_path):
+    model = Small2D().train()
+    export_onnx(model, torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", {})
+    assert model.training
+
+
+def test_parity_failure_is_reported(tmp_path):
+    class Noisy(nn.Module):
+        """Different output every call: ONNX cannot match it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.fc(x) + (self.calls if not torch.jit.is_tracing() else 0)
+
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_onnx(Noisy(), torch.rand(1, 4), tmp_path / "n.onnx", {})
+
+
+def test_onnx_model_errors_name_the_file(tmp_path):
+    from common.errors import InputError
+
+    with pytest.raises(InputError, match="not found"):
+        OnnxModel(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(InputError, match="bad.onnx: not a loadable ONNX model"):
+        OnnxModel(bad)
+
+
+def test_importing_inference_does_not_import_torch():
+    code = "import sys, common.inference, common.results, common.rundir, common.metrics, common.calibration; " \
+           "assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
