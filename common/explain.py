@@ -43,7 +43,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_layer: str, class_idx: in
         # normalise below so the hottest voxel is 1.
         cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=_identity)
         with torch.enable_grad():
-            out = cam(x=x.detach().clone(), class_idx=class_idx)
+            out = cam(x=x.detach().clone().requires_grad_(True), class_idx=class_idx)
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
