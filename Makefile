@@ -10,9 +10,17 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 DEMO_OUT ?= demo_out
 DEMO_MINUTES ?= 3
 
-.PHONY: setup demo test lint format clean bench-help
+.PHONY: setup browser demo test lint format clean bench-help
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Browser tests drive Debian's Chromium through Playwright; no tool may download a browser of its own.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "== setup: installing Debian chromium"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 $(STAMP):
 	@echo "== setup: installing $(VENV) (dependency files changed or no venv yet)"

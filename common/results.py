@@ -98,6 +98,16 @@ def read_jsonl(path: Path | str) -> list[dict]:
     return out
 
 
+def decode_nested(value: Any) -> Any:
+    """Undo the JSON encoding ``write_records`` applies to nested values in CSV/Parquet (other values pass)."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def _flatten_for_table(records: Iterable[dict]) -> list[dict]:
     rows = []
     for rec in records:

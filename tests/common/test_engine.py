@@ -119,6 +119,8 @@ def test_focal_and_class_weighted_training_on_imbalanced_toy(tmp_path):
 def test_temperature_scaling_lowers_ece_of_overconfident_model(tmp_path):
     """Train far past the point of overfitting on noisy labels: confident and often wrong; T fixes that."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny full-batch steps: extra threads only add sync overhead on a busy machine
     xt, yt = blobs(128, 5, noise=1.4, flip=0.2)
     xv, yv = blobs(1000, 6, noise=1.4, flip=0.2)
     model = TinyNet(hidden=128)
@@ -127,6 +129,7 @@ def test_temperature_scaling_lowers_ece_of_overconfident_model(tmp_path):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(xt), yt).backward()
         opt.step()
+    torch.set_num_threads(threads)
     with torch.no_grad():
         logits = model(xv).numpy()
     y = yv.numpy()

@@ -1,0 +1,129 @@
+"""Accuracy benchmark, industrial_qc against plain Ultralytics on the same synthetic data and time budget.
+
+Full run (issue 3): 400 train / 100 val / 200 test images at 320 px, at most 30 CPU minutes of training each:
+
+    python benchmarks/qc_accuracy.py --minutes 30 --out bench_qc_accuracy.json
+
+Smoke run (a minute or two, numbers meaningless): ``python benchmarks/qc_accuracy.py --quick``.
+
+Suite: ``vsuite qc train`` with the default config and ``--max-minutes``; ``vsuite qc eval`` on test.
+Peer: ``YOLO(<same yaml>).train(data, imgsz, time=budget)`` with Ultralytics' defaults, except what keeps it
+offline (``amp=False``: the AMP check downloads weights; ``plots=False``: plotting downloads a font). Its
+part-level verdict: a part fails when ``predict`` (default conf 0.25) returns any box.
+Prints a side-by-side table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGETS = {"detector_mAP50": 0.95, "classifier_accuracy_gt_crops": 0.98, "escape_rate": 0.01}
+
+
+def run_peer(data_yaml: Path, model_yaml: str, imgsz: int, minutes: float, work: Path, seed: int) -> dict:
+    """Plain Ultralytics, default settings, same data and time budget; mAP on test and part-level rates."""
+    from common.runtime import import_ultralytics
+    from industrial_qc.data import load_dataset, write_resolved_yaml
+    from industrial_qc.verdict import part_rates
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    ds = load_dataset(data_yaml)
+    resolved = write_resolved_yaml(ds, work / "data.yaml")
+    t0 = time.monotonic()
+    model = YOLO(model_yaml)
+    model.train(data=str(resolved), imgsz=imgsz, time=minutes / 60, device="cpu", amp=False, plots=False,
+                project=str(work), name="train", exist_ok=True, seed=seed, verbose=False)
+    train_min = (time.monotonic() - t0) / 60
+    best = YOLO(str(model.trainer.best))
+    res = best.val(data=str(resolved), split="test", imgsz=imgsz, device="cpu", plots=False, project=str(work),
+                   name="val_test", exist_ok=True, verbose=False)
+    test = ds.split("test")
+    verdicts = []
+    for s in test:
+        pred = best.predict(str(s.image), imgsz=imgsz, device="cpu", verbose=False)[0]
+        verdicts.append("FAIL" if len(pred.boxes) else "PASS")
+    rates = part_rates(verdicts, [s.defective for s in test])
+    return {"detector_mAP50": float(res.box.map50), "detector_mAP50_95": float(res.box.map),
+            "escape_rate": rates["escape_rate"], "false_reject_rate": rates["false_reject_rate"],
+            "review_rate_good": 0.0, "train_minutes": train_min, "epochs": int(model.trainer.epoch) + 1}
+
+
+def run_suite(data_yaml: Path, minutes: float, imgsz: int, work: Path, overrides: list[str]) -> dict:
+    from rich.console import Console
+
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.evaluate import evaluate_run, summary
+    from industrial_qc.train import train_run
+
+    cfg = load_qc_config(None, [f"max_minutes={minutes}", f"detector.imgsz={imgsz}", *overrides])
+    t0 = time.monotonic()
+    outcome = train_run(data_yaml, cfg, work / "run", console=Console(stderr=True))
+    train_min = (time.monotonic() - t0) / 60
+    m = evaluate_run(work / "run", data_yaml, "test")
+    head = summary(m)
+    head.update(train_minutes=train_min, thresholds=outcome.metrics["thresholds"],
+                detector_epochs=outcome.metrics["detector"]["epochs"],
+                classifier_epochs=outcome.metrics["classifier"]["epochs"])
+    return head
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training budget for each side (CPU minutes)")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run: 60 images at 128 px, 0.75 min each")
+    ap.add_argument("--workdir", type=Path, default=Path("bench_out/qc_accuracy"))
+    ap.add_argument("--out", type=Path, default=None, help="JSON report (default: WORKDIR/report.json)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=700, help="total images (400/100/200 split at 700)")
+    ap.add_argument("--size", type=int, default=320, help="image side in pixels")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="suite config override")
+    args = ap.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from industrial_qc.synth import SynthConfig, synthesize
+
+    if args.quick:
+        n, size, minutes = 60, 128, min(args.minutes, 0.75)
+    else:
+        n, size, minutes = args.images, args.size, args.minutes
+    console = Console()
+    work = args.workdir
+    rep = synthesize(work / "data", SynthConfig(images=n, size=size, seed=args.seed, val_frac=1 / 7, test_frac=2 / 7))
+    console.print(f"data: {rep.counts} at {size} px; budget {minutes:g} min per side")
+    suite = run_suite(rep.data_yaml, minutes, size, work / "suite", args.overrides)
+    peer = None if args.skip_peer else run_peer(rep.data_yaml, "yolov5nu.yaml", size, minutes, work / "peer",
+                                                args.seed)
+
+    table = Table(title=f"industrial_qc accuracy ({rep.counts['test']} test parts, {size} px, {minutes:g} min)")
+    for col in ("metric", "target", "suite", "plain ultralytics"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    rows = ["detector_mAP50", "detector_mAP50_95", "classifier_accuracy_gt_crops", "escape_rate", "false_reject_rate",
+            "review_rate_good", "train_minutes"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for k in rows:
+        table.add_row(k, f(TARGETS.get(k)), f(suite.get(k)), f(peer.get(k)) if peer else "-")
+    console.print(table)
+    report = {"data": {"counts": rep.counts, "size": size, "seed": args.seed}, "minutes": minutes, "quick": args.quick,
+              "targets": TARGETS, "suite": suite, "peer": peer}
+    out = args.out or work / "report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    console.print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

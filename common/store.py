@@ -1,0 +1,368 @@
+"""The review store: every human decision on a result, kept in a database (SQLAlchemy 2).
+
+SQLite file by default (``reviews.sqlite`` next to the results file), any SQLAlchemy URL otherwise
+(``postgresql+psycopg://user@host/db`` works unchanged). Two tables:
+
+    reviews    one row per decision: app ("qc" | "med"), run id, item (file or study), reviewer, decision,
+               finding, note, details (JSON: per-defect actions, truth label, ...), record (JSON snapshot of the
+               result record the reviewer saw), created_at (UTC)
+    audit_log  one row per action: every decision ("review"), every export ("export.csv", "export.yolo"), ...
+
+Append-only: nothing is updated or deleted (SQLite triggers refuse it). A changed mind is a new row and the
+latest row (highest id) of an item wins; ``history`` keeps every row. Concurrent writers lose nothing: SQLite
+runs in WAL mode with a busy timeout, each write is one ``BEGIN IMMEDIATE`` transaction (no lock upgrade, so
+no deadlock between two writers), retried if the database stays locked longer than the timeout.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    DDL,
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from common.errors import InputError
+
+DEFAULT_DB_NAME = "reviews.sqlite"
+BUSY_TIMEOUT_S = 30.0
+LOCK_RETRIES = 5
+
+REVIEW_COLUMNS = ("id", "created_at", "app", "run_id", "item", "reviewer", "decision", "finding", "note",
+                  "details", "record")
+AUDIT_COLUMNS = ("id", "created_at", "actor", "action", "app", "run_id", "item", "review_id", "detail")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Review(Base):
+    """One decision on one item. Never updated: the latest row of (app, run_id, item) is the current one."""
+
+    __tablename__ = "reviews"
+    __table_args__: ClassVar[dict] = {"sqlite_autoincrement": True}  # ids never reused: "highest id" stays "latest"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    app: Mapped[str] = mapped_column(String(16), index=True)
+    run_id: Mapped[str] = mapped_column(String(200), index=True)
+    item: Mapped[str] = mapped_column(String(1000), index=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    record: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class AuditEntry(Base):
+    """Who did what, when: decisions and exports."""
+
+    __tablename__ = "audit_log"
+    __table_args__: ClassVar[dict] = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    app: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    item: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+# Append-only, enforced by the database itself (SQLite; other databases rely on the API never updating).
+for _table in ("reviews", "audit_log"):
+    for _op in ("UPDATE", "DELETE"):
+        event.listen(
+            Base.metadata.tables[_table], "after_create",
+            DDL(f"CREATE TRIGGER IF NOT EXISTS {_table}_no_{_op.lower()} BEFORE {_op} ON {_table} "
+                f"BEGIN SELECT RAISE(ABORT, '{_table} is append-only'); END").execute_if(dialect="sqlite"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- engine
+def default_db_path(results: Path | str) -> Path:
+    """Where the review database lives when no --db is given: next to the results file."""
+    return Path(results).expanduser().resolve().parent / DEFAULT_DB_NAME
+
+
+def resolve_url(url_or_path: str | Path) -> str:
+    """A SQLAlchemy URL (``dialect[+driver]://...``) is taken as is; anything else is a SQLite file path."""
+    text = str(url_or_path)
+    if "://" in text:
+        try:
+            make_url(text)
+        except ArgumentError as exc:
+            raise InputError(f"--db {text!r}: not a valid SQLAlchemy URL ({exc})") from exc
+        return text
+    path = Path(text).expanduser().resolve()
+    return f"sqlite:///{path}"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL + busy timeout on every connection; transactions begun by us (pysqlite's own begin is disabled) so a
+    write can start with ``BEGIN IMMEDIATE``: it takes the write lock up front and waits for it (busy timeout)
+    instead of failing on a read->write upgrade."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # autocommit at the driver level; "begin" below opens transactions
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")  # a signed-off review survives a power cut
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class Store:
+    """A review database. Thread-safe (one engine, a connection per call); share one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        if self.is_sqlite:
+            path = make_url(url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise InputError(f"--db {make_url(url).render_as_string(hide_password=True)}: no SQLAlchemy dialect or "
+                             f"driver for it is installed ({exc})") from exc
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        self._create_schema()
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)})"
+
+    def _create_schema(self) -> None:
+        # Two processes opening a fresh database race on CREATE TABLE: the loser sees "already exists"; retry.
+        for attempt in range(LOCK_RETRIES):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except OperationalError as exc:
+                if attempt == LOCK_RETRIES - 1 or not (_is_locked(exc) or "already exists" in str(exc)):
+                    raise InputError(f"{self}: cannot open review database ({exc.orig})") from exc
+                time.sleep(0.1 * (attempt + 1))
+
+    def _write(self, fn) -> Any:
+        """Run ``fn(session)`` in one write transaction (BEGIN IMMEDIATE on SQLite), retried while locked."""
+        for attempt in range(LOCK_RETRIES):
+            try:
+                with self.engine.connect().execution_options(sqlite_immediate=True) as conn, \
+                        Session(bind=conn) as session, session.begin():
+                    return fn(session)
+            except OperationalError as exc:
+                if attempt == LOCK_RETRIES - 1 or not _is_locked(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------------------------------ writing
+    def record_decision(self, *, app: str, run_id: str, item: str, reviewer: str, decision: str,
+                        note: str = "", finding: str | None = None, details: dict | None = None,
+                        record: dict | None = None) -> int:
+        """Append one decision (and its audit entry, same transaction); returns the review id."""
+        reviewer = (reviewer or "").strip()
+        if not reviewer:
+            raise InputError("reviewer name is required")
+        if not str(decision or "").strip():
+            raise InputError("decision is required")
+        details = _jsonable(details)
+        record = _jsonable(record)
+
+        def write(session: Session) -> int:
+            row = Review(app=app, run_id=str(run_id), item=str(item), reviewer=reviewer, decision=str(decision),
+                         finding=finding or None, note=note or "", details=details, record=record,
+                         created_at=utcnow())
+            session.add(row)
+            session.flush()
+            session.add(AuditEntry(actor=reviewer, action="review", app=app, run_id=str(run_id), item=str(item),
+                                   review_id=row.id, created_at=utcnow(),
+                                   detail={"decision": str(decision), "finding": finding or None}))
+            return row.id
+
+        return self._write(write)
+
+    def log(self, *, actor: str, action: str, app: str | None = None, run_id: str | None = None,
+            item: str | None = None, detail: dict | None = None) -> int:
+        """Append an audit entry for an action that is not a decision (an export, ...)."""
+        detail = _jsonable(detail)
+
+        def write(session: Session) -> int:
+            row = AuditEntry(actor=actor or "unknown", action=action, app=app, run_id=run_id, item=item,
+                             detail=detail, created_at=utcnow())
+            session.add(row)
+            session.flush()
+            return row.id
+
+        return self._write(write)
+
+    # ------------------------------------------------------------------------------------------ reading
+    def latest_decisions(self, *, app: str | None = None, run_id: str | None = None) -> dict[str, dict]:
+        """item -> its latest review (as a dict), for the items of ``app`` / ``run_id`` that have any."""
+        latest = select(func.max(Review.id)).group_by(Review.app, Review.run_id, Review.item)
+        if app is not None:
+            latest = latest.where(Review.app == app)
+        if run_id is not None:
+            latest = latest.where(Review.run_id == str(run_id))
+        stmt = select(Review).where(Review.id.in_(latest)).order_by(Review.id)
+        with Session(self.engine) as session:
+            return {r.item: _review_dict(r) for r in session.scalars(stmt)}
+
+    def history(self, *, app: str | None = None, run_id: str | None = None, item: str | None = None) -> list[dict]:
+        """Every review row (oldest first), superseded ones included, with ``latest`` True on the winning rows."""
+        stmt = select(Review)
+        if app is not None:
+            stmt = stmt.where(Review.app == app)
+        if run_id is not None:
+            stmt = stmt.where(Review.run_id == str(run_id))
+        if item is not None:
+            stmt = stmt.where(Review.item == str(item))
+        with Session(self.engine) as session:
+            rows = [_review_dict(r) for r in session.scalars(stmt.order_by(Review.id))]
+        newest: dict[tuple, int] = {}
+        for r in rows:
+            newest[(r["app"], r["run_id"], r["item"])] = r["id"]
+        for r in rows:
+            r["latest"] = newest[(r["app"], r["run_id"], r["item"])] == r["id"]
+        return rows
+
+    def audit(self, *, app: str | None = None, run_id: str | None = None, limit: int | None = None) -> list[dict]:
+        """Audit entries, newest first."""
+        stmt = select(AuditEntry)
+        if app is not None:
+            stmt = stmt.where(AuditEntry.app == app)
+        if run_id is not None:
+            stmt = stmt.where(AuditEntry.run_id == str(run_id))
+        stmt = stmt.order_by(AuditEntry.id.desc())
+        if limit:
+            stmt = stmt.limit(limit)
+        with Session(self.engine) as session:
+            return [{c: _plain(getattr(e, c)) for c in AUDIT_COLUMNS} for e in session.scalars(stmt)]
+
+    def count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count(Review.id))) or 0)
+
+    # ------------------------------------------------------------------------------------------ export
+    def export_csv(self, path: Path | str | None = None, *, app: str | None = None, run_id: str | None = None,
+                   latest_only: bool = False, actor: str | None = None) -> str:
+        """Reviews as CSV (every row, or only the latest per item); written to ``path`` when given.
+
+        Returns the CSV text. JSON columns are serialised; ``latest`` says whether a row is the current one.
+        """
+        rows = self.history(app=app, run_id=run_id)
+        if latest_only:
+            rows = [r for r in rows if r["latest"]]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=[*REVIEW_COLUMNS, "latest"], extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+                             for k, v in r.items()})
+        text = buf.getvalue()
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text, encoding="utf-8", newline="")
+            tmp.replace(path)
+        if actor:
+            self.log(actor=actor, action="export.csv", app=app, run_id=run_id,
+                     detail={"rows": len(rows), "path": str(path) if path else None, "latest_only": latest_only})
+        return text
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, datetime):
+        if v.tzinfo is None:  # SQLite drops the zone; we only ever store UTC
+            v = v.replace(tzinfo=UTC)
+        return v.isoformat(timespec="microseconds")
+    return v
+
+
+def _review_dict(r: Review) -> dict:
+    return {c: _plain(getattr(r, c)) for c in REVIEW_COLUMNS}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values for a JSON column: numpy arrays/scalars -> lists/numbers, NaN/inf -> None, the rest str."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return str(value)
+
+
+def open_store(url_or_path: str | Path) -> Store:
+    """Open (creating if needed) the review database at a SQLAlchemy URL or a SQLite file path."""
+    return Store(resolve_url(url_or_path))
+
+
+# Function-style API over a Store, for scripts and tests.
+def record_decision(store: Store, **kwargs: Any) -> int:
+    return store.record_decision(**kwargs)
+
+
+def latest_decisions(store: Store, **kwargs: Any) -> dict[str, dict]:
+    return store.latest_decisions(**kwargs)
+
+
+def history(store: Store, **kwargs: Any) -> list[dict]:
+    return store.history(**kwargs)
+
+
+def export_csv(store: Store, path: Path | str | None = None, **kwargs: Any) -> str:
+    return store.export_csv(path, **kwargs)

@@ -1,0 +1,163 @@
+"""Stage 2: a torchvision ResNet that verifies and names each padded crop; class 0 is ``background``.
+
+The model module only builds the network; ``common.engine.fit`` trains it, ``common.calibration`` fits the
+temperature and ``common.export`` writes the self-describing ONNX file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from common.calibration import fit_temperature
+from common.engine import fit, load_checkpoint
+from common.errors import InputError
+from common.export import export_onnx
+from common.metrics import classification_metrics, softmax
+from industrial_qc.config import AugmentConfig, ClassifierConfig
+from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, to_tensor_batch
+from industrial_qc.cropset import CropSet
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet50": torchvision.models.resnet50,
+}
+TRAIN_MARGIN = 1.5  # training crops keep 1.5x the context; augmentation shifts/zooms, then a centre crop
+
+
+def build_classifier(arch: str, n_classes: int, stem: str = "standard", weights: str | Path | None = None) -> nn.Module:
+    """ResNet with ``n_classes`` outputs, built with ``weights=None``; ``weights`` = a local state_dict or our
+    checkpoint (matching tensors are loaded, a differently sized head is skipped). ``stem="no_maxpool"``
+    drops the stem max-pool: 2x finer features for small crops, at ~4x the compute."""
+    if arch not in NETWORKS:
+        raise InputError(f"classifier.arch {arch!r}: expected one of {', '.join(NETWORKS)}")
+    net = NETWORKS[arch](weights=None, num_classes=n_classes)
+    if stem == "no_maxpool":
+        net.maxpool = nn.Identity()
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise InputError(f"classifier.weights {path}: file not found (weights are never downloaded)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        own = net.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not usable:
+            raise InputError(f"{path}: no tensor matches a {arch} (is it a {arch} state_dict?)")
+        net.load_state_dict(usable, strict=False)
+    return net
+
+
+def augmentation(cfg: AugmentConfig, crop_size: int) -> A.Compose:
+    """Train-time transform of a (1.5 * S)-sized crop down to (S, S): geometry first, then photometric."""
+    return A.Compose([
+        A.RandomRotate90(p=cfg.rotate90),
+        A.HorizontalFlip(p=cfg.flip),
+        A.VerticalFlip(p=cfg.flip),
+        A.Affine(scale=cfg.scale, translate_percent=(-cfg.translate, cfg.translate), rotate=(-cfg.rotate, cfg.rotate),
+                 border_mode=cv2.BORDER_REFLECT_101, p=cfg.affine),
+        A.CenterCrop(crop_size, crop_size),
+        A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=cfg.brightness_contrast),
+        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=cfg.hsv),
+    ])
+
+
+class CropDataset(Dataset):
+    """(x, y): x (3, S, S) float32 normalised RGB, y int64. Crops are stored with the training margin."""
+
+    def __init__(self, crops: CropSet, crop_size: int, transform: A.Compose | None, normalize: str = "per_crop"
+                 ) -> None:
+        self.normalize = normalize
+        self.crops = crops.crops
+        self.targets = crops.targets
+        self.crop_size = crop_size
+        self.transform = transform or A.Compose([A.CenterCrop(crop_size, crop_size)])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.transform(image=self.crops[i])["image"]
+        x = to_tensor_batch(img[None], normalize=self.normalize)[0]
+        return torch.from_numpy(x), int(self.targets[i])
+
+
+@dataclass
+class ClassifierResult:
+    model: nn.Module
+    labels: list[str]
+    temperature: float
+    best_path: Path
+    history: list[dict]
+    stopped_reason: str
+    val_metrics: dict
+    seconds: float
+
+
+def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSet, val_set: CropSet,
+                     out_dir: Path, *, deadline: float | None, device: torch.device, seed: int = 0,
+                     config_snapshot: dict | None = None, console=None) -> ClassifierResult:
+    """Train on ``train_set`` (crops with the 1.5x margin) and pick the best epoch on ``val_set``; fit the
+    temperature on the best model's validation logits."""
+    t0 = time.monotonic()
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise InputError("no classifier crops: the dataset has no boxes in train or val")
+    model = build_classifier(cfg.arch, len(labels), cfg.stem, cfg.weights)
+    gen = torch.Generator().manual_seed(seed)
+    train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size), cfg.normalize)
+    train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
+                              num_workers=cfg.workers, drop_last=len(train_set) > cfg.train.batch_size)
+    val_ds = CropDataset(val_set, cfg.crop_size, None, cfg.normalize)
+    val_loader = DataLoader(val_ds, batch_size=max(64, cfg.train.batch_size), num_workers=cfg.workers)
+    res = fit(model, train_loader, val_loader, cfg.train, out_dir, labels, config_snapshot=config_snapshot,
+              deadline=deadline, device=device, class_counts=train_set.counts(len(labels)), console=console,
+              description="classifier")
+    temperature = fit_temperature(res.val_logits, res.val_targets)
+    val_metrics = classification_metrics(res.val_targets, softmax(res.val_logits, temperature), labels)
+    val_metrics["temperature"] = temperature
+    return ClassifierResult(model, labels, temperature, res.best_path, res.history, res.stopped_reason, val_metrics,
+                            time.monotonic() - t0)
+
+
+def export_classifier(model: nn.Module, cfg: ClassifierConfig, labels: list[str], temperature: float, path: Path,
+                      extra_metadata: dict) -> Path:
+    """Write ``classifier.onnx`` (dynamic batch) with everything the line needs to crop, normalise and calibrate."""
+    example = torch.zeros(1, 3, cfg.crop_size, cfg.crop_size)
+    metadata = {
+        "task": "classify_crops",
+        "labels": labels,
+        "arch": cfg.arch,
+        "crop_size": cfg.crop_size,
+        "context": cfg.context,
+        "min_crop": cfg.min_crop,
+        "normalize": cfg.normalize,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "preprocessing": {"color": "RGB", "scale": 1 / 255, "layout": "NCHW",
+                          "normalize": "per crop and channel: (x - mean(x)) / max(std(x), 0.02)"
+                          if cfg.normalize == "per_crop" else "(x - mean) / std",
+                          "crop": "square, side = max(w, h) * (1 + 2 * context) >= min_crop * short side"},
+        "temperature": temperature,
+        **extra_metadata,
+    }
+    export_onnx(model, example, path, metadata)
+    return path
+
+
+def load_classifier_checkpoint(path: Path, cfg: ClassifierConfig) -> tuple[nn.Module, list[str]]:
+    """The network and labels stored in a checkpoint written by ``fit``."""
+    state = load_checkpoint(path)
+    labels = list(state["labels"])
+    model = build_classifier(cfg.arch, len(labels), cfg.stem)
+    model.load_state_dict(state["model"])
+    return model.eval(), labels

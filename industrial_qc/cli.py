@@ -1,0 +1,188 @@
+"""``vsuite qc``: synth, train, eval, inspect. Thin commands: parse, load config, call one library function,
+print a table. Heavy imports (torch, ultralytics, onnxruntime) happen inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Industrial defect inspection: synth, train, eval, inspect.", no_args_is_help=True,
+                  rich_markup_mode="rich", pretty_exceptions_enable=False)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+@app.command(epilog="Example: vsuite qc synth data/qc --images 700 --size 320 --seed 0")
+def synth(
+    out: Path = typer.Argument(..., help="Output folder (gets data.yaml, images/, labels/)."),
+    images: int = typer.Option(700, "--images", min=3, help="Total images over train/val/test."),
+    size: int = typer.Option(320, "--size", min=32, help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same dataset."),
+    val_frac: float = typer.Option(1 / 7, "--val-frac", help="Share of images in val."),
+    test_frac: float = typer.Option(2 / 7, "--test-frac", help="Share of images in test (0 = no test split)."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
+) -> None:
+    """Write a synthetic Ultralytics defect dataset: textured parts with scratches, pits, stains and cracks."""
+    from rich.table import Table
+
+    from common.errors import InputError
+    from common.progress import add_task, make_progress
+    from industrial_qc.synth import SynthConfig, synthesize
+
+    if image_format not in ("jpg", "png"):
+        raise InputError(f"--format {image_format!r}: expected jpg or png")
+    console = _console()
+    cfg = SynthConfig(images=images, size=size, seed=seed, val_frac=val_frac, test_frac=test_frac,
+                      image_format=image_format)  # type: ignore[arg-type]
+    try:
+        from industrial_qc.synth import split_counts
+
+        split_counts(images, val_frac, test_frac)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with make_progress(console) as progress:
+        task = add_task(progress, "synth", total=images)
+        rep = synthesize(out, cfg, progress=lambda done, _n: progress.update(task, completed=done))
+    table = Table(title=f"synthetic parts ({size} px, seed {seed})")
+    for col in ("split", "images", "good parts"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, n in rep.counts.items():
+        table.add_row(split, str(n), str(rep.good[split]))
+    console.print(table)
+    console.print("defects: " + ", ".join(f"{k} {v}" for k, v in rep.defects.items()))
+    console.print(f"-> [bold]{rep.data_yaml}[/]")
+
+
+@app.command(epilog="Example: vsuite qc train data/qc/data.yaml --out runs/qc1 --max-minutes 20 "
+                    "--set classifier.arch=resnet50")
+def train(
+    data_yaml: Path = typer.Argument(..., help="Ultralytics data.yaml (path, train, val, test, names)."),
+    config: Path = typer.Option(None, "--config", help="Config YAML [default: configs/industrial_qc/default.yaml]."),
+    out: Path = typer.Option(None, "--out", help="Run directory [default: runs/qc-<time>]."),
+    overrides: list[str] = typer.Option(None, "--set", help="Override a config key, e.g. detector.epochs=50."),
+    max_minutes: float = typer.Option(None, "--max-minutes", min=0.1, help="Wall-time cap for both stages."),
+    detector_weights: Path = typer.Option(None, "--detector-weights", help="Local YOLO .pt to fine-tune from."),
+) -> None:
+    """Train detector (YOLOv5) and crop classifier (ResNet), choose verdict thresholds, write the run directory."""
+    import time
+
+    from rich.table import Table
+
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.train import train_run
+
+    console = _console()
+    ov = list(overrides or [])
+    if max_minutes is not None:
+        ov.append(f"max_minutes={max_minutes}")
+    cfg = load_qc_config(config, ov)
+    out = out or Path("runs") / time.strftime("qc-%Y%m%d-%H%M%S")
+    outcome = train_run(data_yaml, cfg, out, detector_weights=detector_weights, console=console)
+    m = outcome.metrics
+    table = Table(title="training summary (val)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("detector mAP50", m["detector"]["mAP50"]), ("detector recall", m["detector"]["recall"]),
+        ("detector epochs", m["detector"]["epochs"]), ("classifier accuracy", m["classifier"]["accuracy"]),
+        ("classifier epochs", m["classifier"]["epochs"]), ("temperature", m["classifier"]["temperature"]),
+        ("fail threshold", m["thresholds"]["fail"]), ("review threshold", m["thresholds"]["review"]),
+        ("escape rate", m["val_pipeline"]["parts"]["escape_rate"]),
+        ("false-reject rate", m["val_pipeline"]["parts"]["false_reject_rate"]),
+        ("minutes", m["minutes_total"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, _fmt(v))
+    console.print(table)
+    console.print(f"run -> [bold]{out}[/] (run.json, detector.onnx, classifier.onnx, metrics.json, plots/)")
+
+
+@app.command("eval", epilog="Example: vsuite qc eval runs/qc1 data/qc/data.yaml --split test")
+def eval_cmd(
+    run: Path = typer.Argument(..., help="Run directory written by `vsuite qc train`."),
+    data_yaml: Path = typer.Argument(..., help="data.yaml of the dataset to evaluate on."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    no_map: bool = typer.Option(False, "--no-map", help="Skip the detector mAP (Ultralytics validation)."),
+) -> None:
+    """Detector mAP, classifier accuracy on ground-truth crops, pipeline precision/recall, escape and
+    false-reject rates; printed and written to RUN/metrics.json."""
+    from rich.table import Table
+
+    from industrial_qc.evaluate import evaluate_run
+
+    console = _console()
+    m = evaluate_run(run, data_yaml, split, console=console, detector_map=not no_map)
+    det = m.get("detector", {})
+    parts = m["pipeline"]["parts"]
+    cls = m["classifier"]
+    table = Table(title=f"eval on {split} ({m['images']} images)")
+    for col in ("class", "det mAP50", "det mAP50-95", "cls recall", "pipe precision", "pipe recall"):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    per_cls = cls.get("with_background", {}).get("per_class", {})
+    for name, pm in m["pipeline"]["defects"]["per_class"].items():
+        dm = det.get("per_class", {}).get(name, {})
+        table.add_row(name, _fmt(dm.get("mAP50")), _fmt(dm.get("mAP50_95")),
+                      _fmt(per_cls.get(name, {}).get("recall")), _fmt(pm["precision"]), _fmt(pm["recall"]))
+    table.add_row("[bold]all", _fmt(det.get("mAP50")), _fmt(det.get("mAP50_95")), _fmt(cls.get("accuracy_gt_crops")),
+                  "", _fmt(m["pipeline"]["defects"]["localisation_recall"]))
+    console.print(table)
+    t2 = Table(title="parts")
+    t2.add_column("metric")
+    t2.add_column("value", justify="right")
+    for k in ("parts", "defective_parts", "good_parts", "escape_rate", "false_reject_rate", "review_rate_defective",
+              "review_rate_good"):
+        t2.add_row(k, _fmt(parts[k]))
+    t2.add_row("verdicts", " ".join(f"{k} {v}" for k, v in parts["verdicts"].items()))
+    console.print(t2)
+    console.print(f"-> [bold]{Path(run) / 'metrics.json'}[/] (eval.{split})")
+
+
+@app.command(epilog="Example: vsuite qc inspect runs/qc1 /line/incoming --watch --out /line/results --annotate")
+def inspect(
+    run: Path = typer.Argument(..., help="Run directory (detector.onnx, classifier.onnx, run.json)."),
+    source: str = typer.Argument(..., help="Folder, glob ('parts/*.png'), video file or camera index (0)."),
+    watch: bool = typer.Option(False, "--watch", help="Keep polling the folder/glob for new files."),
+    out: Path = typer.Option(Path("inspect_out"), "--out", help="Output folder: results.jsonl, ledger.txt."),
+    annotate: bool = typer.Option(False, "--annotate", help="Save annotated images of FAIL/REVIEW parts."),
+    sort: str = typer.Option("none", "--sort", help="none, copy or move files into OUT/{pass,fail,review,error}."),
+    poll: float = typer.Option(0.5, "--poll", min=0.01, help="Seconds between folder scans with --watch."),
+    max_parts: int = typer.Option(None, "--max-parts", min=1, help="Stop after this many parts."),
+    idle_exit: float = typer.Option(None, "--idle-exit", help="With --watch: stop after N s without new parts."),
+    threads: int = typer.Option(None, "--threads", help="onnxruntime threads per model."),
+) -> None:
+    """Line inspection: one fsync'd JSON line per part, exactly once across restarts; Ctrl-C stops cleanly."""
+    from common.errors import InputError
+    from industrial_qc.line import InspectOptions, run_line
+
+    if sort not in ("none", "copy", "move"):
+        raise InputError(f"--sort {sort!r}: expected none, copy or move")
+    opts = InspectOptions(watch=watch, poll_interval=poll, annotate=annotate, sort=sort,  # type: ignore[arg-type]
+                          max_parts=max_parts, idle_exit=idle_exit, threads=threads)
+    console = _console()
+    summary = run_line(run, source, out, opts, console=console)
+    console.print(f"-> [bold]{summary['results']}[/]")
+
+
+if __name__ == "__main__":  # `python -m industrial_qc.cli ...` (the tests run the line script this way)
+    from common.errors import InputError
+
+    try:
+        app()
+    except InputError as exc:
+        import sys
+
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

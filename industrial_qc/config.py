@@ -1,0 +1,120 @@
+"""Typed config of the industrial_qc vertical; every default lives in ``configs/industrial_qc/default.yaml``.
+
+Imports torch (through common.engine.TrainConfig): only training loads it; inference reads run.json and the
+ONNX metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from common.config import CONFIG_DIR, StrictModel, load_config
+from common.engine import TrainConfig
+
+DEFAULT_CONFIG = CONFIG_DIR / "industrial_qc" / "default.yaml"
+
+
+
+class DetectorConfig(StrictModel):
+    """Stage 1: Ultralytics YOLO built from yaml (never downloaded), tuned for recall."""
+
+    model: Literal["yolov5nu.yaml", "yolov5su.yaml"] = "yolov5nu.yaml"
+    weights: str | None = None  # local .pt to fine-tune from (--detector-weights)
+    imgsz: int = Field(default=320, ge=32)
+    epochs: int = Field(default=300, ge=1)  # upper bound; with --max-minutes the time budget decides
+    batch: int = Field(default=16, ge=1)
+    patience: int = Field(default=100, ge=1)
+    workers: int = Field(default=2, ge=0)
+    cache: bool = True
+    optimizer: Literal["auto", "SGD", "Adam", "AdamW"] = "auto"
+    lr0: float = Field(default=0.01, gt=0)
+    cos_lr: bool = False
+    close_mosaic: int = Field(default=10, ge=0)
+    mosaic: float = Field(default=1.0, ge=0, le=1)
+    fliplr: float = Field(default=0.5, ge=0, le=1)
+    flipud: float = Field(default=0.5, ge=0, le=1)
+    scale: float = Field(default=0.3, ge=0, lt=1)
+    translate: float = Field(default=0.1, ge=0, lt=1)
+    degrees: float = Field(default=0.0, ge=0, le=180)
+    hsv_h: float = Field(default=0.015, ge=0, le=1)
+    hsv_s: float = Field(default=0.5, ge=0, le=1)
+    hsv_v: float = Field(default=0.4, ge=0, le=1)
+    box: float = Field(default=7.5, gt=0)
+    cls: float = Field(default=0.5, gt=0)
+    nbs: int = Field(default=16, ge=1)  # nominal batch: 16 (not 64) = 4x more optimizer steps per CPU minute
+    # Line-time confidence: chosen on val as the highest value in [min_conf, conf] that still finds
+    # target_box_recall of the val defects among the max_det candidates; stage 2 removes the false alarms.
+    conf: float = Field(default=0.05, gt=0, lt=1)
+    min_conf: float = Field(default=0.001, gt=0, lt=1)
+    target_box_recall: float = Field(default=0.98, gt=0, le=1)
+    iou: float = Field(default=0.5, gt=0, le=1)
+    max_det: int = Field(default=12, ge=1)
+
+
+class AugmentConfig(StrictModel):
+    """Albumentations for the crop classifier (all probabilities in [0, 1])."""
+
+    rotate90: float = Field(default=0.5, ge=0, le=1)
+    flip: float = Field(default=0.5, ge=0, le=1)
+    affine: float = Field(default=0.8, ge=0, le=1)
+    scale: tuple[float, float] = (0.85, 1.2)
+    translate: float = Field(default=0.08, ge=0, lt=0.5)
+    rotate: float = Field(default=15.0, ge=0, le=180)
+    noise: float = Field(default=0.3, ge=0, le=1)
+    brightness_contrast: float = Field(default=0.5, ge=0, le=1)
+    hsv: float = Field(default=0.3, ge=0, le=1)
+
+
+class ClassifierConfig(StrictModel):
+    """Stage 2: torchvision ResNet on padded square crops; class 0 is ``background`` (a detector false alarm)."""
+
+    arch: Literal["resnet18", "resnet50"] = "resnet18"
+    weights: str | None = None  # local torchvision state_dict or our checkpoint; never downloaded
+    stem: Literal["standard", "no_maxpool"] = "standard"
+    crop_size: int = Field(default=48, ge=16)
+    normalize: Literal["per_crop", "imagenet"] = "per_crop"  # see industrial_qc.crops.to_tensor_batch
+    context: float = Field(default=0.4, ge=0, le=3)  # padding each side, as a fraction of the box's longer side
+    min_crop: float = Field(default=0.06, gt=0, le=1)  # smallest crop side, as a fraction of the image's shorter side
+    background_per_defect: float = Field(default=1.0, ge=0)  # random defect-free windows per ground-truth crop
+    hard_negatives: bool = True
+    hard_negatives_per_image: int = Field(default=2, ge=0)
+    workers: int = Field(default=0, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=60, batch_size=64, lr=0.002, loss="ce",
+                                                                   patience=15, t0=60))
+
+    @model_validator(mode="after")
+    def _even_crop(self) -> ClassifierConfig:
+        if self.crop_size % 2:
+            raise ValueError(f"crop_size must be even, got {self.crop_size}")
+        return self
+
+
+class VerdictConfig(StrictModel):
+    """How thresholds are chosen on the validation split (see ``industrial_qc.verdict``)."""
+
+    target_recall: float = Field(default=0.99, gt=0, le=1)  # part-level defect recall (not PASS)
+    max_false_reject: float = Field(default=0.01, ge=0, le=1)  # share of good val parts allowed to FAIL
+    min_review_threshold: float = Field(default=0.02, gt=0, lt=1)
+    max_review_threshold: float = Field(default=0.5, gt=0, lt=1)
+    min_fail_threshold: float = Field(default=0.5, gt=0, lt=1)
+    match_iou: float = Field(default=0.3, gt=0, le=1)  # a reported defect matches a ground-truth box
+
+
+class QCConfig(StrictModel):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    threads: int | None = None  # torch threads; None = all available cores
+    max_minutes: float | None = Field(default=None, gt=0)  # whole training (both stages); --max-minutes
+    detector_share: float = Field(default=0.6, gt=0, lt=1)  # of the budget, for stage 1
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+
+
+def load_qc_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> QCConfig:
+    """Config from ``path`` (default: configs/industrial_qc/default.yaml) with ``--set`` overrides applied."""
+    return load_config(QCConfig, path, overrides, default_path=DEFAULT_CONFIG)

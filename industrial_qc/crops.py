@@ -1,0 +1,127 @@
+"""Padded square crops around boxes: one geometry for training, evaluation and the line (torch-free).
+
+A box (x1, y1, x2, y2) becomes a square of side ``max(w, h) * (1 + 2 * context)``, at least ``min_crop`` of the
+image's shorter side, centred on the box. Pixels outside the image are reflected, so a defect at the border
+still gets its context. The square is resampled to ``crop_size`` in one ``cv2.warpAffine``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def square_regions(boxes: np.ndarray, img_w: int, img_h: int, context: float, min_crop: float) -> np.ndarray:
+    """(K, 4) xyxy boxes -> (K, 3) [cx, cy, side] in pixels."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(np.maximum(w, h) * (1.0 + 2.0 * context), min_crop * min(img_w, img_h))
+    side = np.maximum(side, 4.0)
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, side], axis=1)
+
+
+def extract_square(img: np.ndarray, cx: float, cy: float, side: float, out_size: int) -> np.ndarray:
+    """The square of ``side`` px centred on (cx, cy), resampled to (out_size, out_size, 3) uint8, reflect-padded."""
+    s = out_size / side
+    m = np.array([[s, 0.0, out_size / 2 - cx * s], [0.0, s, out_size / 2 - cy * s]], np.float32)
+    interp = cv2.INTER_AREA if s < 0.5 else cv2.INTER_LINEAR
+    if interp == cv2.INTER_AREA:  # warpAffine has no area filter: pre-shrink so linear sampling does not alias
+        factor = int(1 / s)
+        small = cv2.resize(img, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
+        return extract_square(small, cx / factor, cy / factor, side / factor, out_size)
+    return cv2.warpAffine(img, m, (out_size, out_size), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def crops_for_boxes(img: np.ndarray, boxes: np.ndarray, crop_size: int, context: float, min_crop: float,
+                    scale: float = 1.0) -> np.ndarray:
+    """(K, 4) xyxy boxes -> (K, S, S, 3) uint8 crops, S = round(crop_size * scale). ``scale`` > 1 keeps extra
+    margin that training augmentation (shift, zoom, rotate) eats before the centre crop."""
+    h, w = img.shape[:2]
+    regions = square_regions(boxes, w, h, context, min_crop)
+    size = round(crop_size * scale)
+    out = np.empty((len(regions), size, size, 3), np.uint8)
+    for i, (cx, cy, side) in enumerate(regions):
+        out[i] = extract_square(img, float(cx), float(cy), float(side) * scale, size)
+    return out
+
+
+def to_tensor_batch(crops_bgr: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize: str = "imagenet"
+                    ) -> np.ndarray:
+    """(K, S, S, 3) uint8 BGR -> (K, 3, S, S) float32 RGB.
+
+    ``normalize="imagenet"``: scale to [0, 1], then (x - mean) / std per channel.
+    ``normalize="per_crop"``: each crop and channel standardised to zero mean, unit std: lighting, exposure and
+    surface tint drop out, and a faint defect stands out as much as a strong one.
+    """
+    x = crops_bgr[..., ::-1].astype(np.float32) * (1.0 / 255.0)
+    if normalize == "per_crop":
+        m = x.mean(axis=(1, 2), keepdims=True)
+        sd = x.std(axis=(1, 2), keepdims=True)
+        x = (x - m) / np.maximum(sd, 0.02)
+    else:
+        x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (N, M) of xyxy boxes."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+# ------------------------------------------------------------------------------------------- crop sets
+def _overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float) -> bool:
+    if len(gt) == 0:
+        return False
+    g = gt.copy()
+    gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    g[:, 0] -= margin * gw
+    g[:, 1] -= margin * gh
+    g[:, 2] += margin * gw
+    g[:, 3] += margin * gh
+    ix = np.minimum(box[2], g[:, 2]) - np.maximum(box[0], g[:, 0])
+    iy = np.minimum(box[3], g[:, 3]) - np.maximum(box[1], g[:, 1])
+    return bool(((ix > 0) & (iy > 0)).any())
+
+
+def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt: np.ndarray, n: int,
+                            rel_sizes: np.ndarray, tries: int = 20) -> np.ndarray:
+    """Up to ``n`` xyxy boxes that touch no ground-truth box; sides drawn from ``rel_sizes`` (fractions of the
+    shorter image side, taken from the defects) so background crops look like defect crops in scale."""
+    out = []
+    short = min(img_w, img_h)
+    for _ in range(n):
+        for _ in range(tries):
+            side = float(rng.choice(rel_sizes)) * short if len(rel_sizes) else 0.05 * short
+            side = float(np.clip(side * rng.uniform(0.7, 1.4), 2.0, short * 0.9))
+            aspect = rng.uniform(0.5, 2.0)
+            w, h = side * min(1.0, aspect), side * min(1.0, 1 / aspect)
+            x1, y1 = rng.uniform(0, img_w - w), rng.uniform(0, img_h - h)
+            box = np.array([x1, y1, x1 + w, y1 + h], np.float32)
+            if not _overlaps_any(box, gt, margin=0.25):
+                out.append(box)
+                break
+    return np.array(out, np.float32).reshape(-1, 4)
+
+
+def hard_negative_boxes(det_boxes: np.ndarray, det_scores: np.ndarray, gt: np.ndarray, k: int,
+                        max_iou: float = 0.1) -> np.ndarray:
+    """The ``k`` highest-scoring detections that match no ground-truth box (IoU < ``max_iou``)."""
+    if len(det_boxes) == 0 or k == 0:
+        return np.zeros((0, 4), np.float32)
+    if len(gt):
+        iou = box_iou(det_boxes, gt).max(axis=1)
+        keep = iou < max_iou
+        det_boxes, det_scores = det_boxes[keep], det_scores[keep]
+    order = np.argsort(-det_scores)[:k]
+    return det_boxes[order].astype(np.float32)

@@ -1,0 +1,199 @@
+"""Stage 1: train an Ultralytics YOLO detector built from yaml (offline), validate it, export it to ONNX.
+
+Ultralytics owns the training loop, augmentation, mAP and the export; this module chooses the arguments
+(tuned for recall on small, faint defects), keeps everything offline (no weights, fonts or AMP-check
+downloads: models come from yaml or a local .pt, ``amp=False`` on CPU, ``plots=False``) and writes our
+self-describing metadata into the exported file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import InputError
+from common.runtime import import_ultralytics
+from industrial_qc.config import DetectorConfig
+
+
+@dataclass
+class DetectorResult:
+    best_pt: Path
+    last_pt: Path
+    metrics: dict
+    epochs_run: int
+    seconds: float
+
+
+def _yolo():
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    return YOLO
+
+
+def build_model(cfg: DetectorConfig, weights: str | Path | None = None):
+    """YOLO from ``cfg.model`` yaml; with ``weights`` (local .pt) its matching tensors are loaded."""
+    YOLO = _yolo()
+    model = YOLO(cfg.model)
+    w = weights or cfg.weights
+    if w:
+        w = Path(w)
+        if not w.is_file():
+            raise InputError(f"--detector-weights {w}: file not found (weights are never downloaded)")
+        model = model.load(str(w))
+    return model
+
+
+def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: str, seed: int,
+               minutes: float | None) -> dict:
+    """Keyword arguments for ``YOLO.train``; ``minutes`` caps the wall time (Ultralytics' ``time`` in hours)."""
+    args = dict(
+        data=str(data_yaml), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch, patience=cfg.patience,
+        workers=cfg.workers, cache=cfg.cache, optimizer=cfg.optimizer, lr0=cfg.lr0, cos_lr=cfg.cos_lr,
+        close_mosaic=cfg.close_mosaic, mosaic=cfg.mosaic, fliplr=cfg.fliplr, flipud=cfg.flipud, scale=cfg.scale,
+        translate=cfg.translate, degrees=cfg.degrees, hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s, hsv_v=cfg.hsv_v,
+        box=cfg.box, cls=cfg.cls, nbs=cfg.nbs, device=device, seed=seed, deterministic=False,
+        project=str(project), name="train", exist_ok=True, verbose=False,
+        amp=False,  # the AMP check would download yolo11n.pt; AMP is CUDA-only anyway
+        plots=False,  # plotting fetches Arial.ttf
+        val=True,
+    )
+    if minutes is not None:
+        args["time"] = max(minutes, 0.05) / 60.0
+    return args
+
+
+def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, device: str = "cpu", seed: int = 0,
+                   minutes: float | None = None, weights: str | Path | None = None, console=None) -> DetectorResult:
+    """Train; returns the best/last .pt (copied to ``work_dir``) and the final validation metrics.
+
+    Ultralytics runs quietly (YOLO_VERBOSE=False); a rich progress bar (epochs, rate, ETA, val mAP50 and
+    recall) goes to ``console`` instead. With a time budget Ultralytics re-plans the epoch count as it goes.
+    """
+    import contextlib
+    import time
+
+    from common.progress import add_task, make_progress, update_rate
+
+    t0 = time.monotonic()
+    model = build_model(cfg, weights)
+    progress = make_progress(console) if console is not None else None
+    if progress is not None:
+        task = add_task(progress, "detector", total=None)
+        shown: set[int] = set()
+
+        def on_epoch(trainer) -> None:
+            if trainer.epoch in shown or trainer.epoch >= trainer.epochs:
+                return  # the final validation of best.pt fires this hook again
+            shown.add(trainer.epoch)
+            m = trainer.metrics or {}
+            progress.update(task, total=trainer.epochs, completed=trainer.epoch + 1,
+                            info=f"val mAP50 {float(m.get('metrics/mAP50(B)', 0.0)):.3f} "
+                                 f"recall {float(m.get('metrics/recall(B)', 0.0)):.3f}")
+            update_rate(progress, task, "epoch")
+
+        model.add_callback("on_fit_epoch_end", on_epoch)
+    project = work_dir / "ultralytics"
+    with progress if progress is not None else contextlib.nullcontext():
+        model.train(**train_args(cfg, data_yaml, project, device=device, seed=seed, minutes=minutes))
+    trainer = model.trainer
+    best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    best_pt, last_pt = work_dir / "detector_best.pt", work_dir / "detector_last.pt"
+    shutil.copy2(best, best_pt)
+    if Path(trainer.last).is_file():
+        shutil.copy2(trainer.last, last_pt)
+    shutil.rmtree(Path(trainer.last).parent, ignore_errors=True)  # keep one copy; results.csv and args.yaml stay
+    m = trainer.metrics or {}
+    metrics = {
+        "precision": float(m.get("metrics/precision(B)", 0.0)),
+        "recall": float(m.get("metrics/recall(B)", 0.0)),
+        "mAP50": float(m.get("metrics/mAP50(B)", 0.0)),
+        "mAP50_95": float(m.get("metrics/mAP50-95(B)", 0.0)),
+    }
+    return DetectorResult(best_pt, last_pt, metrics, int(trainer.epoch) + 1, time.monotonic() - t0)
+
+
+def export_detector(pt: Path, out: Path, cfg: DetectorConfig, labels: list[str], extra_metadata: dict) -> Path:
+    """Export ``pt`` to ``out`` (ONNX, static 1x3xHxW, opset 17) and add our metadata next to Ultralytics' own
+    (names, stride, imgsz stay, so ``YOLO(out).val`` still works)."""
+    import warnings
+
+    from common.export import write_metadata
+    from common.results import now_iso
+    from common.rundir import package_versions
+
+    YOLO = _yolo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript tracer warnings about the head's shape checks
+        exported = Path(YOLO(str(pt)).export(format="onnx", imgsz=cfg.imgsz, opset=17, simplify=True, dynamic=False,
+                                              device="cpu", verbose=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(exported), out)
+    write_metadata(out, {
+        "task": "detect",
+        "labels": labels,
+        "input_name": "images",
+        "input_shape": [1, 3, cfg.imgsz, cfg.imgsz],
+        "input_dtype": "float32",
+        "output_format": "(1, 4 + nc, anchors): cx, cy, w, h in input pixels, then per-class scores in [0, 1]",
+        "preprocessing": {"letterbox": True, "pad_value": 114, "color": "RGB", "scale": 1 / 255, "layout": "NCHW"},
+        "conf": cfg.conf,
+        "iou": cfg.iou,
+        "max_det": cfg.max_det,
+        "nms": "class-agnostic, numpy",
+        "exported_at": now_iso(),
+        "versions": package_versions(),
+        **extra_metadata,
+    })
+    return out
+
+
+def choose_conf(dets: list, gt_boxes: list[np.ndarray], *, target_recall: float, iou_thr: float, floor: float,
+                ceiling: float) -> tuple[float, float]:
+    """Highest confidence in [floor, ceiling] at which ``target_recall`` of the ground-truth boxes overlap
+    (IoU >= iou_thr) a kept detection; ``dets`` were made at ``floor``. Returns (conf, box recall at conf)."""
+    from industrial_qc.crops import box_iou
+
+    best = []
+    for d, gt in zip(dets, gt_boxes, strict=True):
+        if len(gt) == 0:
+            continue
+        if len(d) == 0:
+            best += [0.0] * len(gt)
+            continue
+        hit = box_iou(gt, d.boxes) >= iou_thr
+        best += list(np.where(hit, d.scores[None, :], 0.0).max(axis=1))
+    if not best:
+        return ceiling, float("nan")
+    s = np.sort(np.array(best))[::-1]
+    k = min(len(s) - 1, max(0, int(np.ceil(target_recall * len(s))) - 1))
+    conf = float(np.clip(s[k], floor, ceiling))
+    return conf, float((s >= conf).mean())
+
+
+def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int, project: Path,
+                      device: str = "cpu") -> dict:
+    """Ultralytics validation (mAP50 and mAP50-95, overall and per class) of a .pt or .onnx detector."""
+    YOLO = _yolo()
+    model = YOLO(str(model_path), task="detect")
+    batch = 1 if model_path.suffix == ".onnx" else 16
+    res = model.val(data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
+                    project=str(project), name=f"val_{split}", exist_ok=True, verbose=False, workers=0)
+    names = res.names
+    per_class = {}
+    ap50 = res.box.ap50 if len(res.box.ap_class_index) else []
+    ap = res.box.ap if len(res.box.ap_class_index) else []
+    for i, c in enumerate(res.box.ap_class_index):
+        per_class[names[int(c)]] = {"mAP50": float(ap50[i]), "mAP50_95": float(ap[i])}
+    return {
+        "mAP50": float(res.box.map50),
+        "mAP50_95": float(res.box.map),
+        "precision": float(res.box.mp),
+        "recall": float(res.box.mr),
+        "per_class": per_class,
+    }

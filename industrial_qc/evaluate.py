@@ -1,0 +1,149 @@
+"""``vsuite qc eval``: detector mAP (Ultralytics validation), classifier accuracy on ground-truth crops, pipeline
+per-class precision/recall and the part-level escape and false-reject rates, from a run directory.
+
+Only the detector mAP step imports Ultralytics (and so torch); everything else runs the ONNX files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import InputError
+from common.metrics import classification_metrics
+from common.rundir import read_run_json, update_run_json
+from industrial_qc.crops import box_iou
+from industrial_qc.cropset import build_crop_set
+from industrial_qc.data import Sample, load_dataset, read_image, write_resolved_yaml
+from industrial_qc.pipeline import Pipeline
+from industrial_qc.verdict import part_rates
+
+
+def match_defects(results: Sequence[dict], samples: Sequence[Sample], names: list[str],
+                  iou_thr: float = 0.3) -> dict:
+    """Per-class precision/recall of the reported defects against ground truth (same class, IoU >= iou_thr,
+    greedy by defect probability), plus class-agnostic localisation recall."""
+    tp = dict.fromkeys(names, 0)
+    n_pred = dict.fromkeys(names, 0)
+    n_gt = dict.fromkeys(names, 0)
+    found_any, total_gt = 0, 0
+    for res, s in zip(results, samples, strict=True):
+        if res.get("status", "ok") != "ok":
+            continue
+        h, w = res["height"], res["width"]
+        gt = s.boxes_xyxy(w, h)
+        gt_cls = [names[c] for c in s.classes]
+        for c in gt_cls:
+            n_gt[c] += 1
+        total_gt += len(gt)
+        preds = res["defects"]
+        for d in preds:
+            n_pred[d["cls_class"]] = n_pred.get(d["cls_class"], 0) + 1
+        if not len(gt) or not preds:
+            continue
+        pb = np.array([d["box"] for d in preds], np.float32)
+        iou = box_iou(pb, gt)
+        found_any += int((iou.max(axis=0) >= iou_thr).sum())
+        used = np.zeros(len(gt), bool)
+        for i, d in enumerate(preds):  # already sorted by defect probability
+            cand = [(iou[i, j], j) for j in range(len(gt))
+                    if not used[j] and gt_cls[j] == d["cls_class"] and iou[i, j] >= iou_thr]
+            if cand:
+                used[max(cand)[1]] = True
+                tp[d["cls_class"]] += 1
+    per_class = {
+        c: {"precision": tp[c] / n_pred[c] if n_pred[c] else None, "recall": tp[c] / n_gt[c] if n_gt[c] else None,
+            "tp": tp[c], "predicted": n_pred[c], "ground_truth": n_gt[c]}
+        for c in names
+    }
+    return {"per_class": per_class, "localisation_recall": found_any / total_gt if total_gt else None,
+            "match_iou": iou_thr}
+
+
+def run_pipeline_on(pipe: Pipeline, samples: Sequence[Sample], progress=None) -> list[dict]:
+    """Inspect every sample; unreadable images become error results (never an exception)."""
+    out = []
+    for s in samples:
+        try:
+            img = read_image(s.image)
+        except InputError as exc:
+            out.append({"status": "error", "reason": str(exc)})
+            continue
+        res = pipe.inspect(img)
+        res.update(status="ok", height=img.shape[0], width=img.shape[1])
+        out.append(res)
+        if progress is not None:
+            progress()
+    return out
+
+
+def pipeline_metrics(results: Sequence[dict], samples: Sequence[Sample], names: list[str], iou_thr: float) -> dict:
+    ok = [(r, s) for r, s in zip(results, samples, strict=True) if r.get("status", "ok") == "ok"]
+    rates = part_rates([r["verdict"] for r, _ in ok], [s.defective for _, s in ok])
+    match = match_defects([r for r, _ in ok], [s for _, s in ok], names, iou_thr)
+    return {"parts": rates, "defects": match}
+
+
+def classifier_gt_metrics(pipe: Pipeline, samples: Sequence[Sample], seed: int = 0) -> dict:
+    """Stage 2 alone on ground-truth crops (plus as many random defect-free windows as background)."""
+    clf = pipe.classifier
+    cs = build_crop_set(samples, crop_size=clf.crop_size, context=clf.context, min_crop=clf.min_crop,
+                        background_per_defect=1.0, seed=seed + 7)
+    if len(cs) == 0:
+        return {}
+    probs = np.concatenate([clf.probs(cs.crops[i : i + 256]) for i in range(0, len(cs), 256)])
+    allm = classification_metrics(cs.targets, probs, clf.labels)
+    d = cs.targets > 0
+    gt_only = float((probs[d].argmax(axis=1) == cs.targets[d]).mean()) if d.any() else None
+    return {"accuracy_gt_crops": gt_only, "n_gt_crops": int(d.sum()), "with_background": allm}
+
+
+def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console=None, detector_map: bool = True,
+                 iou_thr: float | None = None) -> dict:
+    """All metrics of a run on one split; written to ``run_dir/metrics.json`` under ``eval.<split>``."""
+    run_dir = Path(run_dir)
+    run = read_run_json(run_dir)
+    ds = load_dataset(data_yaml, (split,), required=())
+    names = list(run["labels"])[1:]
+    if ds.names != names:
+        raise InputError(f"{data_yaml}: classes {ds.names} differ from the run's {names}")
+    samples = ds.split(split)
+    pipe = Pipeline.from_run(run_dir, run=run)
+    iou_thr = iou_thr if iou_thr is not None else float(run.get("config", {}).get("verdict", {}).get("match_iou", 0.3))
+    metrics: dict = {"split": split, "data": str(data_yaml), "images": len(samples)}
+    if detector_map:
+        from industrial_qc.detector import validate_detector
+
+        resolved = write_resolved_yaml(ds, run_dir / "eval" / f"data_{split}.yaml")
+        metrics["detector"] = validate_detector(run_dir / "detector.onnx", resolved, split,
+                                                pipe.detector.imgsz[0], run_dir / "eval")
+    metrics["classifier"] = classifier_gt_metrics(pipe, samples)
+    results = run_pipeline_on(pipe, samples)
+    metrics["pipeline"] = pipeline_metrics(results, samples, names, iou_thr)
+    metrics["thresholds"] = {"fail": pipe.fail_threshold, "review": pipe.review_threshold}
+    path = run_dir / "metrics.json"
+    all_metrics = json.loads(path.read_text()) if path.is_file() else {}
+    all_metrics.setdefault("eval", {})[split] = metrics
+    path.write_text(json.dumps(all_metrics, indent=2))
+    run_metrics = dict(run.get("metrics", {}))
+    run_metrics[f"eval_{split}"] = summary(metrics)
+    update_run_json(run_dir, metrics=run_metrics)
+    return metrics
+
+
+def summary(metrics: dict) -> dict:
+    """The headline numbers of an eval (for run.json and the CLI table)."""
+    parts = metrics.get("pipeline", {}).get("parts", {})
+    det = metrics.get("detector", {})
+    return {
+        "detector_mAP50": det.get("mAP50"),
+        "detector_mAP50_95": det.get("mAP50_95"),
+        "classifier_accuracy_gt_crops": metrics.get("classifier", {}).get("accuracy_gt_crops"),
+        "escape_rate": parts.get("escape_rate"),
+        "false_reject_rate": parts.get("false_reject_rate"),
+        "review_rate_good": parts.get("review_rate_good"),
+        "review_rate_defective": parts.get("review_rate_defective"),
+    }

@@ -1,0 +1,235 @@
+"""Two-stage inference from a run directory, on onnxruntime only (no torch import on this path).
+
+image (H, W, 3) uint8 BGR -> letterbox -> detector.onnx -> decode + NMS -> padded square crops ->
+classifier.onnx (one batch per image) -> temperature softmax -> verdict rule -> one result dict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.errors import InputError
+from common.inference import OnnxModel
+from common.metrics import softmax
+from common.rundir import read_run_json
+from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, crops_for_boxes, to_tensor_batch
+from industrial_qc.verdict import part_verdict
+
+PAD_VALUE = 114  # Ultralytics' letterbox grey
+
+
+# ------------------------------------------------------------------------------------------------ detector
+def letterbox(img: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping aspect ratio and pad (grey 114) to ``size`` (h, w), centred as Ultralytics does.
+
+    Returns the padded image, the scale ``r`` and the padding (left, top) so boxes map back with
+    ``(xy - pad) / r``.
+    """
+    h, w = img.shape[:2]
+    r = min(size[0] / h, size[1] / w)
+    nw, nh = round(w * r), round(h * r)
+    if (nw, nh) != (w, h):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    dw, dh = (size[1] - nw) / 2, (size[0] - nh) / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    if top or bottom or left or right:
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return img, r, (left, top)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.ndarray:
+    """Greedy class-agnostic NMS on (N, 4) xyxy boxes; indices of kept boxes, best first."""
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    while len(order) and len(keep) < max_det:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        ious = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[ious <= iou]
+    return np.array(keep, np.int64)
+
+
+@dataclass
+class Detections:
+    """Boxes (K, 4) xyxy in original image pixels, scores (K,), classes (K,) detector class ids."""
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    classes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def decode(output: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+    """Ultralytics Detect head output (1, 4 + nc, A) [cx, cy, w, h, class scores] -> NMS'd detections
+    in input (letterboxed) pixels. Class-agnostic NMS: overlapping candidates make one crop."""
+    pred = output[0].T  # (A, 4 + nc)
+    cls_scores = pred[:, 4:]
+    cls = cls_scores.argmax(axis=1)
+    score = cls_scores[np.arange(len(cls)), cls]
+    m = score >= conf
+    if not m.any():
+        return Detections()
+    p, score, cls = pred[m], score[m], cls[m]
+    xy, wh = p[:, :2], p[:, 2:4]
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
+    keep = nms(boxes, score, iou, max_det)
+    return Detections(boxes[keep].astype(np.float32), score[keep].astype(np.float32), cls[keep].astype(np.int64))
+
+
+class OnnxDetector:
+    """detector.onnx (exported by Ultralytics, static batch 1) with letterbox pre- and NMS post-processing."""
+
+    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+        self.model = OnnxModel(path, threads=threads)
+        shape = self.model.input_shape
+        self.imgsz = (int(shape[2]), int(shape[3]))
+        md = self.model.metadata
+        self.labels: list[str] = list(md.get("labels") or [])
+        self.conf = float(md.get("conf", 0.05))
+        self.iou = float(md.get("iou", 0.5))
+        self.max_det = int(md.get("max_det", 20))
+
+    def __call__(self, img: np.ndarray, conf: float | None = None, iou: float | None = None,
+                 max_det: int | None = None) -> Detections:
+        padded, r, (left, top) = letterbox(img, self.imgsz)
+        x = padded[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) * (1.0 / 255.0)
+        out = self.model.run(x)
+        det = decode(out, self.conf if conf is None else conf, self.iou if iou is None else iou,
+                     self.max_det if max_det is None else max_det)
+        if len(det):
+            det.boxes[:, [0, 2]] = (det.boxes[:, [0, 2]] - left) / r
+            det.boxes[:, [1, 3]] = (det.boxes[:, [1, 3]] - top) / r
+            h, w = img.shape[:2]
+            det.boxes[:, [0, 2]] = det.boxes[:, [0, 2]].clip(0, w)
+            det.boxes[:, [1, 3]] = det.boxes[:, [1, 3]].clip(0, h)
+        return det
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+class OnnxClassifier:
+    """classifier.onnx: (B, 3, S, S) normalised RGB crops -> logits (B, C); class 0 is ``background``."""
+
+    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+        self.model = OnnxModel(path, threads=threads)
+        md = self.model.metadata
+        self.labels: list[str] = list(md["labels"])
+        if self.labels[0] != "background":
+            raise InputError(f"{path}: first label must be 'background', got {self.labels[0]!r}")
+        self.crop_size = int(md["crop_size"])
+        self.context = float(md["context"])
+        self.min_crop = float(md["min_crop"])
+        self.mean = tuple(md.get("mean", IMAGENET_MEAN))
+        self.std = tuple(md.get("std", IMAGENET_STD))
+        self.temperature = float(md.get("temperature", 1.0))
+        self.normalize = str(md.get("normalize", "imagenet"))
+
+    def crops(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return crops_for_boxes(img, boxes, self.crop_size, self.context, self.min_crop)
+
+    def logits(self, crops_bgr: np.ndarray) -> np.ndarray:
+        return self.model.run(to_tensor_batch(crops_bgr, self.mean, self.std, self.normalize))
+
+    def probs(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(K, S, S, 3) uint8 -> (K, C) calibrated probabilities (softmax of logits / temperature)."""
+        if len(crops_bgr) == 0:
+            return np.zeros((0, len(self.labels)), np.float64)
+        return softmax(self.logits(crops_bgr), self.temperature)
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+class Pipeline:
+    """The whole line model of a run: ``inspect(image)`` -> result dict with verdict and defects."""
+
+    def __init__(self, detector: OnnxDetector, classifier: OnnxClassifier, fail_threshold: float,
+                 review_threshold: float, run_id: str = "") -> None:
+        self.detector = detector
+        self.classifier = classifier
+        self.fail_threshold = float(fail_threshold)
+        self.review_threshold = float(review_threshold)
+        self.run_id = run_id
+
+    @classmethod
+    def from_run(cls, run_dir: Path | str, threads: int | None = None, run: dict | None = None) -> Pipeline:
+        """Load ``detector.onnx``, ``classifier.onnx`` and the thresholds (ONNX metadata, else run.json)."""
+        run_dir = Path(run_dir)
+        run = run or read_run_json(run_dir)
+        if run.get("vertical") != "industrial_qc":
+            raise InputError(f"{run_dir}/run.json: vertical is {run.get('vertical')!r}, not industrial_qc")
+        detector = OnnxDetector(run_dir / "detector.onnx", threads)
+        classifier = OnnxClassifier(run_dir / "classifier.onnx", threads)
+        th = classifier.model.metadata.get("thresholds") or run.get("thresholds") or {}
+        if "fail" not in th or "review" not in th:
+            raise InputError(f"{run_dir}: no verdict thresholds in classifier.onnx or run.json")
+        return cls(detector, classifier, th["fail"], th["review"], run["run_id"])
+
+    def analyse(self, img: np.ndarray, det: Detections | None = None) -> tuple[Detections, np.ndarray, dict]:
+        """Detections, their class probabilities (K, C) and stage timings in ms (``det`` reuses detections)."""
+        t0 = time.perf_counter()
+        if det is None:
+            det = self.detector(img)
+        t1 = time.perf_counter()
+        probs = self.classifier.probs(self.classifier.crops(img, det.boxes))
+        t2 = time.perf_counter()
+        return det, probs, {"detect_ms": (t1 - t0) * 1e3, "classify_ms": (t2 - t1) * 1e3}
+
+    def inspect(self, img: np.ndarray) -> dict:
+        """One part -> {verdict, max_defect_prob, defects: [...], n_candidates, detect_ms, classify_ms}."""
+        det, probs, timing = self.analyse(img)
+        return self.result(det, probs, timing)
+
+    def result(self, det: Detections, probs: np.ndarray, timing: dict | None = None) -> dict:
+        defect_p = 1.0 - probs[:, 0] if len(probs) else np.zeros(0)
+        verdict = part_verdict(defect_p, self.fail_threshold, self.review_threshold)
+        labels = self.classifier.labels
+        det_names = self.detector.labels
+        defects = []
+        for i in np.argsort(-defect_p):
+            if defect_p[i] < self.review_threshold:
+                continue  # a candidate stage 2 rejected as background: not a defect of this part
+            k = int(np.argmax(probs[i, 1:]) + 1)
+            c = int(det.classes[i])
+            defects.append({
+                "box": [round(float(v), 1) for v in det.boxes[i]],
+                "det_class": det_names[c] if c < len(det_names) else str(c),
+                "det_conf": round(float(det.scores[i]), 4),
+                "cls_class": labels[k],
+                "cls_prob": round(float(probs[i, k]), 4),
+                "defect_prob": round(float(defect_p[i]), 4),
+            })
+        return {
+            "verdict": verdict,
+            "max_defect_prob": round(float(defect_p.max()), 4) if len(defect_p) else 0.0,
+            "defects": defects,
+            "n_candidates": len(det),
+            **({k: round(v, 2) for k, v in timing.items()} if timing else {}),
+        }
+
+
+def draw_annotations(img: np.ndarray, result: dict) -> np.ndarray:
+    """A copy of ``img`` with each reported defect boxed and labelled (red: FAIL-level, orange: REVIEW-level)."""
+    out = img.copy()
+    colour = {"FAIL": (0, 0, 255), "REVIEW": (0, 165, 255), "PASS": (0, 200, 0)}
+    for d in result.get("defects", []):
+        x1, y1, x2, y2 = (round(v) for v in d["box"])
+        c = colour["FAIL"] if result["verdict"] == "FAIL" else colour["REVIEW"]
+        cv2.rectangle(out, (x1, y1), (x2, y2), c, 1)
+        cv2.putText(out, f"{d['cls_class']} {d['defect_prob']:.2f}", (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35, c, 1, cv2.LINE_AA)
+    cv2.putText(out, result["verdict"], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour[result["verdict"]], 1,
+                cv2.LINE_AA)
+    return out

@@ -1,0 +1,334 @@
+"""Synthetic defect dataset in Ultralytics detection format, for the demo, the tests and the benchmarks.
+
+Surfaces: brushed metal, cast metal, woven fabric, each under varied lighting, gamma, tint and sensor noise.
+Defects: ``scratch`` (thin bright/dark curve), ``pit`` (small dark dent with a lit rim), ``stain`` (soft
+irregular tinted blob) and ``crack`` (dark jagged branching line). Sizes go down to ~2.5 % of the image
+side and contrast down to ~5 % of the intensity range, like faint defects on real parts. About a quarter of
+the parts are defect-free and have no label file (the Ultralytics convention for a background image).
+
+Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import yaml
+
+DEFECT_CLASSES: tuple[str, ...] = ("scratch", "pit", "stain", "crack")
+SURFACES: tuple[str, ...] = ("brushed_metal", "cast", "woven_fabric")
+Split = Literal["train", "val", "test"]
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate. ``images`` is the total over the three splits."""
+
+    images: int = 700
+    size: int = 320
+    seed: int = 0
+    val_frac: float = 1 / 7
+    test_frac: float = 2 / 7
+    good_frac: float = 0.25
+    image_format: Literal["jpg", "png"] = "jpg"
+    contrast: tuple[float, float] = (0.05, 0.22)  # defect amplitude, fraction of the [0, 1] intensity range
+    max_defects: int = 3
+
+
+@dataclass
+class SynthImage:
+    """One generated part: ``image`` (H, W, 3) uint8 BGR, ``boxes`` (K, 5) [class, cx, cy, w, h] normalised."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    surface: str
+    meta: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SynthReport:
+    data_yaml: Path
+    counts: dict[str, int]
+    good: dict[str, int]
+    defects: dict[str, int]
+
+
+# ----------------------------------------------------------------------------------------------- surfaces
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise (size, size) in ~[-1, 1]: a coarse random grid upsampled with cubic interpolation."""
+    grid = rng.standard_normal((cells + 3, cells + 3)).astype(np.float32)
+    big = cv2.resize(grid, (size + size // cells * 3, size + size // cells * 3), interpolation=cv2.INTER_CUBIC)
+    off = size // cells
+    return np.clip(big[off : off + size, off : off + size] / 1.5, -1.5, 1.5)
+
+
+def _brushed_metal(rng: np.random.Generator, s: int) -> np.ndarray:
+    base = rng.uniform(0.45, 0.72)
+    noise = rng.standard_normal((s * 2, s * 2)).astype(np.float32)
+    streaks = cv2.GaussianBlur(noise, (0, 0), sigmaX=max(2.0, s / 12), sigmaY=0.6)
+    streaks /= streaks.std() + 1e-6
+    angle = rng.uniform(-20, 20) + (90 if rng.random() < 0.3 else 0)
+    m = cv2.getRotationMatrix2D((s, s), angle, 1.0)
+    streaks = cv2.warpAffine(streaks, m, (s * 2, s * 2), borderMode=cv2.BORDER_REFLECT)[s // 2 : s // 2 + s,
+                                                                                         s // 2 : s // 2 + s]
+    gray = base + rng.uniform(0.025, 0.05) * streaks + 0.03 * _smooth_noise(rng, s, 3)
+    tint = np.array([1.0 + rng.uniform(-0.03, 0.05), 1.0, 1.0 + rng.uniform(-0.05, 0.03)], np.float32)
+    return gray[..., None] * tint
+
+
+def _cast(rng: np.random.Generator, s: int) -> np.ndarray:
+    base = rng.uniform(0.32, 0.58)
+    blotch = 0.05 * _smooth_noise(rng, s, 4) + 0.025 * _smooth_noise(rng, s, 12)
+    grain = cv2.GaussianBlur(rng.standard_normal((s, s)).astype(np.float32), (0, 0), max(0.6, s / 400))
+    grain /= grain.std() + 1e-6
+    gray = base + blotch + rng.uniform(0.015, 0.035) * grain
+    tint = np.array([1.0 + rng.uniform(-0.04, 0.02), 1.0, 1.0 + rng.uniform(-0.02, 0.06)], np.float32)
+    return gray[..., None] * tint
+
+
+def _woven_fabric(rng: np.random.Generator, s: int) -> np.ndarray:
+    period = rng.uniform(s / 40, s / 18)
+    period = max(period, 3.0)
+    angle = rng.uniform(-0.25, 0.25)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    u = (xx * math.cos(angle) + yy * math.sin(angle)) / period
+    v = (-xx * math.sin(angle) + yy * math.cos(angle)) / period
+    warp = (np.floor(u) + np.floor(v)) % 2 == 0
+    thread_u = np.sin(np.pi * (u % 1.0)) ** 0.7
+    thread_v = np.sin(np.pi * (v % 1.0)) ** 0.7
+    weave = np.where(warp, thread_v, thread_u)  # the thread on top shows its cross profile
+    gray = 0.75 + 0.25 * weave + 0.03 * _smooth_noise(rng, s, 5)
+    hsv = np.zeros((1, 1, 3), np.uint8)
+    hsv[0, 0] = (rng.integers(0, 180), rng.integers(40, 170), 255)
+    color = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32) / 255.0
+    level = rng.uniform(0.45, 0.8)
+    return gray[..., None] * color * level
+
+
+_SURFACE_FNS = {"brushed_metal": _brushed_metal, "cast": _cast, "woven_fabric": _woven_fabric}
+
+
+# ------------------------------------------------------------------------------------------------ defects
+def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int) -> np.ndarray:
+    t = np.linspace(0, 1, n)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+
+
+def _line_width(s: int, rng: np.random.Generator) -> int:
+    return max(1, round(rng.uniform(0.7, 1.8) * s / 320))
+
+
+def _draw_scratch(rng: np.random.Generator, s: int, mask: np.ndarray) -> None:
+    length = rng.uniform(0.08, 0.35) * s
+    ang = rng.uniform(0, np.pi)
+    c = rng.uniform(0.15, 0.85, size=2) * s
+    d = np.array([math.cos(ang), math.sin(ang)]) * length / 2
+    bend = rng.normal(0, 0.12) * length * np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-6)
+    pts = _bezier(c - d, c + bend, c + d, 32)
+    cv2.polylines(mask, [np.round(pts * 4).astype(np.int32)], False, 1.0, _line_width(s, rng), cv2.LINE_AA, shift=2)
+
+
+def _draw_crack(rng: np.random.Generator, s: int, mask: np.ndarray) -> None:
+    length = rng.uniform(0.08, 0.3) * s
+    n = rng.integers(6, 14)
+    step = length / n
+    ang = rng.uniform(0, 2 * np.pi)
+    p = rng.uniform(0.15, 0.85, size=2) * s
+    pts = [p.copy()]
+    for _ in range(n):
+        ang += rng.normal(0, 0.6)
+        p = p + step * np.array([math.cos(ang), math.sin(ang)])
+        pts.append(p.copy())
+    width = _line_width(s, rng)
+    cv2.polylines(mask, [np.round(np.array(pts) * 4).astype(np.int32)], False, 1.0, width, cv2.LINE_AA, shift=2)
+    if rng.random() < 0.6:  # a branch
+        start = pts[rng.integers(1, len(pts) - 1)]
+        b_ang = ang + rng.choice([-1, 1]) * rng.uniform(0.5, 1.2)
+        q = [start]
+        for _ in range(rng.integers(2, 5)):
+            b_ang += rng.normal(0, 0.5)
+            q.append(q[-1] + step * 0.8 * np.array([math.cos(b_ang), math.sin(b_ang)]))
+        cv2.polylines(mask, [np.round(np.array(q) * 4).astype(np.int32)], False, 1.0, max(1, width - 1),
+                      cv2.LINE_AA, shift=2)
+
+
+def _draw_pit(rng: np.random.Generator, s: int, mask: np.ndarray, rim: np.ndarray) -> None:
+    r = rng.uniform(0.012, 0.035) * s
+    c = rng.uniform(0.1, 0.9, size=2) * s
+    axes = (max(1.0, r * rng.uniform(0.7, 1.0)), max(1.0, r))
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    ang = rng.uniform(0, np.pi)
+    dx, dy = xx - c[0], yy - c[1]
+    u = (dx * math.cos(ang) + dy * math.sin(ang)) / axes[0]
+    v = (-dx * math.sin(ang) + dy * math.cos(ang)) / axes[1]
+    rr = np.sqrt(u**2 + v**2)
+    mask += np.clip(1.2 - rr, 0, 1) ** 1.5 * (rr < 1.2)
+    light = rng.uniform(0, 2 * np.pi)
+    side = (dx * math.cos(light) + dy * math.sin(light)) / (r + 1e-6)
+    rim += np.exp(-((rr - 1.15) ** 2) / 0.05) * np.clip(side, 0, 1)
+
+
+def _draw_stain(rng: np.random.Generator, s: int, mask: np.ndarray) -> None:
+    size = rng.uniform(0.05, 0.15) * s
+    c = rng.uniform(0.15, 0.85, size=2) * s
+    blob = np.zeros_like(mask)
+    for _ in range(rng.integers(3, 7)):
+        o = c + rng.normal(0, size / 4, size=2)
+        ax = (max(1, int(rng.uniform(0.2, 0.45) * size)), max(1, int(rng.uniform(0.2, 0.45) * size)))
+        cv2.ellipse(blob, (int(o[0]), int(o[1])), ax, rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_AA)
+    blob = cv2.GaussianBlur(blob, (0, 0), max(0.8, size / 10))
+    mask += blob / (blob.max() + 1e-6)
+
+
+def _box_from_mask(m: np.ndarray, s: int, thresh: float = 0.3) -> tuple[float, float, float, float] | None:
+    ys, xs = np.nonzero(m >= thresh * (m.max() + 1e-9))
+    if len(xs) == 0:
+        return None
+    pad = max(1.0, 0.004 * s)
+    x1, x2 = xs.min() - pad, xs.max() + 1 + pad
+    y1, y2 = ys.min() - pad, ys.max() + 1 + pad
+    min_side = 0.025 * s  # a label box is never thinner than ~2.5 % of the side, so IoU on thin scratches is fair
+    if x2 - x1 < min_side:
+        cx = (x1 + x2) / 2
+        x1, x2 = cx - min_side / 2, cx + min_side / 2
+    if y2 - y1 < min_side:
+        cy = (y1 + y2) / 2
+        y1, y2 = cy - min_side / 2, cy + min_side / 2
+    x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(s), x2), min(float(s), y2)
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return None
+    return ((x1 + x2) / 2 / s, (y1 + y2) / 2 / s, (x2 - x1) / s, (y2 - y1) / s)
+
+
+def _apply_defect(img: np.ndarray, cls: str, rng: np.random.Generator, cfg: SynthConfig) -> tuple | None:
+    s = img.shape[0]
+    mask = np.zeros((s, s), np.float32)
+    rim = np.zeros((s, s), np.float32)
+    {"scratch": lambda: _draw_scratch(rng, s, mask), "crack": lambda: _draw_crack(rng, s, mask),
+     "pit": lambda: _draw_pit(rng, s, mask, rim), "stain": lambda: _draw_stain(rng, s, mask)}[cls]()
+    box = _box_from_mask(mask, s)
+    if box is None:
+        return None
+    amp = rng.uniform(*cfg.contrast)
+    local = float(img.mean())
+    if cls == "scratch":
+        sign = 1.0 if rng.random() < 0.6 else -1.0
+        img += (sign * amp * mask)[..., None]
+    elif cls == "crack":
+        img *= (1.0 - np.clip(amp * 2.2, 0, 0.8) * mask)[..., None]
+    elif cls == "pit":
+        img *= (1.0 - np.clip(amp * 2.0, 0, 0.8) * mask)[..., None]
+        img += (0.8 * amp * rim)[..., None]
+    else:  # stain: a tinted darkening, e.g. oil or rust
+        tint = np.array([rng.uniform(0.2, 0.9), rng.uniform(0.5, 1.0), 1.0], np.float32)
+        img -= (amp * 1.3 * mask)[..., None] * (1.0 - tint * 0.5) * max(local, 0.3) * 2
+    return box
+
+
+def _lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    s = img.shape[0]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s - 0.5
+    g = rng.uniform(-0.25, 0.25, size=2)
+    illum = 1.0 + g[0] * xx + g[1] * yy
+    spot = rng.uniform(-0.5, 0.5, size=2)
+    illum += rng.uniform(0.0, 0.25) * np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2) / 0.15)
+    img = img * illum[..., None] * rng.uniform(0.8, 1.15)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    img += rng.normal(0, rng.uniform(0.004, 0.025), size=img.shape).astype(np.float32)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.9))
+    return img
+
+
+def make_part(rng: np.random.Generator, size: int, defective: bool, cfg: SynthConfig) -> SynthImage:
+    """Draw one part; ``defective`` parts carry 1..max_defects defects of random classes."""
+    surface = SURFACES[int(rng.integers(len(SURFACES)))]
+    img = _SURFACE_FNS[surface](rng, size).astype(np.float32)
+    boxes: list[list[float]] = []
+    meta: list[dict] = []
+    if defective:
+        n = int(rng.choice(np.arange(1, cfg.max_defects + 1), p=_count_probs(cfg.max_defects)))
+        for _ in range(n):
+            cls_id = int(rng.integers(len(DEFECT_CLASSES)))
+            box = _apply_defect(img, DEFECT_CLASSES[cls_id], rng, cfg)
+            if box is not None:
+                boxes.append([cls_id, *box])
+                meta.append({"class": DEFECT_CLASSES[cls_id]})
+    img = _lighting(img, rng)
+    out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return SynthImage(image=out, boxes=np.array(boxes, np.float64).reshape(-1, 5), surface=surface, meta=meta)
+
+
+def _count_probs(k: int) -> np.ndarray:
+    p = np.array([0.5**i for i in range(k)])
+    return p / p.sum()
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def split_counts(n: int, val_frac: float, test_frac: float) -> dict[str, int]:
+    """Images per split; val and test get at least one image each when n >= 3."""
+    if n < 3:
+        raise ValueError(f"--images {n}: need at least 3 images (one per split)")
+    if not (0 < val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise ValueError(f"split fractions val={val_frac}, test={test_frac}: each in (0, 1) with a sum below 1")
+    n_val = max(1, round(n * val_frac))
+    n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def synthesize(out: Path, cfg: SynthConfig, progress=None) -> SynthReport:
+    """Write ``out/images/{split}``, ``out/labels/{split}`` and ``out/data.yaml``; returns counts per split.
+
+    ``progress``: optional callable(n_done, n_total) for a progress bar.
+    """
+    out = Path(out)
+    counts = split_counts(cfg.images, cfg.val_frac, cfg.test_frac)
+    order: list[str] = [name for name, k in counts.items() for _ in range(k)]
+    good = {k: 0 for k in counts}
+    defects = {c: 0 for c in DEFECT_CLASSES}
+    seen = {k: 0 for k in counts}
+    for split in counts:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for i, split in enumerate(order):
+        rng = np.random.default_rng([cfg.seed, i])
+        j = seen[split]
+        seen[split] += 1
+        # Exactly every 1/good_frac-th part of a split is good, so small splits still hold good parts.
+        period = max(1, round(1 / cfg.good_frac)) if cfg.good_frac > 0 else 0
+        is_good = period > 0 and j % period == 0
+        part = make_part(rng, cfg.size, not is_good, cfg)
+        if len(part.boxes) == 0:
+            is_good = True
+        stem = f"part_{i:05d}"
+        img_path = out / "images" / split / f"{stem}.{cfg.image_format}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if cfg.image_format == "jpg" else []
+        cv2.imwrite(str(img_path), part.image, params)
+        lbl = out / "labels" / split / f"{stem}.txt"
+        if is_good:
+            good[split] += 1
+            lbl.unlink(missing_ok=True)  # no label file: a good part
+        else:
+            lines = [f"{int(b[0])} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f} {b[4]:.6f}" for b in part.boxes]
+            lbl.write_text("\n".join(lines) + "\n")
+            for b in part.boxes:
+                defects[DEFECT_CLASSES[int(b[0])]] += 1
+        if progress is not None:
+            progress(i + 1, len(order))
+    data = {
+        "path": str(out.resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        **({"test": "images/test"} if counts["test"] else {}),
+        "nc": len(DEFECT_CLASSES),
+        "names": list(DEFECT_CLASSES),
+    }
+    yaml_path = out / "data.yaml"
+    header = f"# vsuite qc synth: {cfg.images} images, {cfg.size} px, seed {cfg.seed}\n"
+    yaml_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return SynthReport(data_yaml=yaml_path, counts=counts, good=good, defects=defects)

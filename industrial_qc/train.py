@@ -1,0 +1,227 @@
+"""``vsuite qc train``: both stages under one time budget, then thresholds, plots and the run directory.
+
+    runs/<name>/
+      run.json  detector.onnx  classifier.onnx  metrics.json  data.yaml (resolved copy)
+      checkpoints/detector_best.pt detector_last.pt classifier/best.pt classifier/last.pt
+      plots/confusion_matrix.png  pr_curve.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from common.config import config_snapshot
+from common.errors import InputError
+from common.export import write_metadata
+from common.progress import add_task, make_progress, update_rate
+from common.rundir import write_run_json
+from common.runtime import pick_device, seed_everything, set_torch_threads
+from industrial_qc.config import QCConfig
+from industrial_qc.cropset import build_crop_set, defect_rel_sizes
+from industrial_qc.data import Sample, fingerprint, load_dataset, read_image, write_resolved_yaml
+from industrial_qc.evaluate import pipeline_metrics
+from industrial_qc.pipeline import Detections, OnnxClassifier, OnnxDetector, Pipeline
+from industrial_qc.verdict import choose_thresholds
+
+# Seconds kept back from the budget for ONNX export, hard-negative mining, thresholds and plots.
+MIN_RESERVE_S = 15.0
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    run: dict
+    metrics: dict
+
+
+def _detect_all(detector: OnnxDetector, samples: list[Sample], progress, label: str) -> list[Detections]:
+    task = add_task(progress, label, total=len(samples))
+    out = []
+    for s in samples:
+        out.append(detector(read_image(s.image)))
+        progress.update(task, advance=1)
+        update_rate(progress, task, "img")
+    return out
+
+
+def _keep(d: Detections, conf: float) -> Detections:
+    m = d.scores >= conf
+    return Detections(d.boxes[m], d.scores[m], d.classes[m])
+
+
+def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
+              console: Console | None = None) -> TrainOutcome:
+    """Train stage 1 and stage 2 on ``data_yaml`` into run directory ``out`` and return run.json's content."""
+    console = console or Console()
+    start = time.monotonic()
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+    deadline = start + budget_s if budget_s else None
+    seed_everything(cfg.seed)
+    set_torch_threads(cfg.threads)
+    device = pick_device(cfg.device)
+
+    ds = load_dataset(data_yaml, ("train", "val"))
+    train, val = ds.split("train"), ds.split("val")
+    if not any(s.defective for s in train) or not any(s.defective for s in val):
+        raise InputError(f"{data_yaml}: train and val each need at least one labelled defect")
+    out = Path(out)
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    resolved = write_resolved_yaml(ds, out / "data.yaml")
+    fp = fingerprint(ds)
+    labels = ["background", *ds.names]
+    snapshot = config_snapshot(cfg)
+    console.print(f"[bold]data[/] {data_yaml}: {ds.summary()}")
+
+    # ---- stage 1
+    from industrial_qc.detector import choose_conf, export_detector, train_detector
+
+    det_minutes = None
+    if budget_s:
+        reserve = max(MIN_RESERVE_S, 0.08 * budget_s)
+        det_minutes = max(0.05, (budget_s - reserve) * cfg.detector_share / 60)
+    console.print(f"[bold]stage 1[/] detector {cfg.detector.model} at {cfg.detector.imgsz} px"
+                  + (f", {det_minutes:.1f} min budget" if det_minutes else f", {cfg.detector.epochs} epochs"))
+    det = train_detector(cfg.detector, resolved, ckpt, device="cpu" if device.type == "cpu" else "0", seed=cfg.seed,
+                         minutes=det_minutes, weights=detector_weights, console=console)
+    export_detector(det.best_pt, out / "detector.onnx", cfg.detector, ds.names,
+                    {"data_fingerprint": fp, "run_name": out.name})
+    console.print(f"  detector: {det.epochs_run} epochs in {det.seconds / 60:.1f} min, val mAP50 "
+                  f"{det.metrics['mAP50']:.3f}, recall {det.metrics['recall']:.3f}")
+
+    # ---- line-time confidence, hard negatives and val candidates, from the exported detector (what the line runs)
+    detector = OnnxDetector(out / "detector.onnx")
+    dcfg, ccfg = cfg.detector, cfg.classifier
+    detector.conf = dcfg.min_conf
+    with make_progress(console) as progress:
+        val_raw = _detect_all(detector, val, progress, "detect val")
+        val_gt = []
+        for s in val:
+            h, w = read_image(s.image).shape[:2]
+            val_gt.append(s.boxes_xyxy(w, h))
+        conf, box_recall = choose_conf(val_raw, val_gt, target_recall=dcfg.target_box_recall,
+                                       iou_thr=cfg.verdict.match_iou, floor=dcfg.min_conf, ceiling=dcfg.conf)
+        detector.conf = conf
+        write_metadata(out / "detector.onnx", {"conf": conf})
+        val_dets = [_keep(d, conf) for d in val_raw]
+        train_dets = _detect_all(detector, train, progress, "detect train") if ccfg.hard_negatives else []
+        console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
+                      "candidates")
+        rel = defect_rel_sizes(train)
+        common_kw = dict(crop_size=ccfg.crop_size, context=ccfg.context, min_crop=ccfg.min_crop, scale=1.5,
+                         background_per_defect=ccfg.background_per_defect, rel_sizes=rel,
+                         hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0)
+        train_set = build_crop_set(train, detections={i: (d.boxes, d.scores) for i, d in enumerate(train_dets)},
+                                   seed=cfg.seed, **common_kw)
+        val_set = build_crop_set(val, detections={i: (d.boxes, d.scores) for i, d in enumerate(val_dets)},
+                                 seed=cfg.seed + 1, **common_kw)
+    console.print(f"[bold]stage 2[/] classifier {ccfg.arch}: {len(train_set)} train crops "
+                  f"{dict(zip(labels, train_set.counts(len(labels)), strict=True))}, {len(val_set)} val crops")
+
+    # ---- stage 2
+    from industrial_qc.classifier import export_classifier, train_classifier
+
+    cls_deadline = None
+    if deadline is not None:
+        cls_deadline = max(time.monotonic() + 5.0, deadline - max(MIN_RESERVE_S, 0.05 * budget_s))
+    clf = train_classifier(ccfg, labels, train_set, val_set, ckpt / "classifier", deadline=cls_deadline,
+                           device=device, seed=cfg.seed, config_snapshot=snapshot, console=console)
+    export_classifier(clf.model, ccfg, labels, clf.temperature, out / "classifier.onnx",
+                      {"data_fingerprint": fp, "run_name": out.name})
+
+    # ---- thresholds on val, with the ONNX models and the detections already made
+    classifier = OnnxClassifier(out / "classifier.onnx")
+    val_probs = []
+    for s, d in zip(val, val_dets, strict=True):
+        val_probs.append(classifier.probs(classifier.crops(read_image(s.image), d.boxes)))
+    scores = np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in val_probs])
+    vcfg = cfg.verdict
+    th = choose_thresholds(scores, np.array([s.defective for s in val]), target_recall=vcfg.target_recall,
+                           max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
+                           max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold)
+    thresholds = th.to_dict()
+    write_metadata(out / "classifier.onnx", {"thresholds": thresholds})
+    pipe = Pipeline(detector, classifier, th.fail, th.review)
+    val_results = []
+    for s, d, p in zip(val, val_dets, val_probs, strict=True):
+        h, w = read_image(s.image).shape[:2]
+        val_results.append({**pipe.result(d, p), "status": "ok", "height": h, "width": w})
+    val_pipeline = pipeline_metrics(val_results, val, ds.names, vcfg.match_iou)
+
+    metrics = {
+        "detector": {**det.metrics, "epochs": det.epochs_run, "minutes": det.seconds / 60, "line_conf": conf,
+                     "val_box_recall_at_line_conf": box_recall},
+        "classifier": {k: v for k, v in clf.val_metrics.items()}
+        | {"epochs": len(clf.history), "stopped": clf.stopped_reason, "minutes": clf.seconds / 60,
+           "train_crops": len(train_set), "val_crops": len(val_set)},
+        "thresholds": thresholds,
+        "val_pipeline": val_pipeline,
+        "minutes_total": (time.monotonic() - start) / 60,
+    }
+    plot_dir = out / "plots"
+    _plots(plot_dir, clf.val_metrics["confusion_matrix"], labels, scores, np.array([s.defective for s in val]), th)
+    (out / "metrics.json").write_text(json.dumps({"train": metrics}, indent=2, default=float))
+    headline = {
+        "val_detector_mAP50": det.metrics["mAP50"],
+        "val_classifier_accuracy": clf.val_metrics["accuracy"],
+        "val_escape_rate": val_pipeline["parts"]["escape_rate"],
+        "val_false_reject_rate": val_pipeline["parts"]["false_reject_rate"],
+        "minutes_total": metrics["minutes_total"],
+    }
+    run = write_run_json(out, vertical="industrial_qc", labels=labels, config=snapshot, data_fingerprint=fp,
+                         metrics=headline, thresholds=thresholds, detector_names=ds.names,
+                         data_yaml=str(Path(data_yaml).resolve()),
+                         artifacts={"detector": "detector.onnx", "classifier": "classifier.onnx",
+                                    "checkpoints": "checkpoints", "metrics": "metrics.json", "plots": "plots"})
+    return TrainOutcome(out, run, metrics)
+
+
+def _plots(plot_dir: Path, confusion: list[list[int]], labels: list[str], scores: np.ndarray, defective: np.ndarray,
+           th) -> None:
+    """Confusion matrix of stage 2 on val crops; part-level precision-recall curve with the chosen thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    cm = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("classifier, val crops")
+    fig.tight_layout()
+    fig.savefig(plot_dir / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if defective.any() and (~defective).any():
+        p, r, _ = precision_recall_curve(defective, scores)
+        ax.plot(r, p, label="part: defective vs good")
+    for t, name in ((th.review, "review"), (th.fail, "fail")):
+        pred = scores >= t
+        rec = (pred & defective).sum() / max(defective.sum(), 1)
+        prec = (pred & defective).sum() / max(pred.sum(), 1)
+        ax.scatter([rec], [prec], label=f"{name} >= {t:.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("part-level PR curve (val)")
+    fig.tight_layout()
+    fig.savefig(plot_dir / "pr_curve.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,72 @@
+"""From logits to calibrated probabilities and a verdict: positive, negative or REVIEW. Numpy only.
+
+Binary runs: ``positive`` when p(positive) >= threshold + band, ``negative`` when p < threshold - band,
+``REVIEW`` in between. The threshold is chosen on validation for a target sensitivity, the band comes from
+config. With more than two classes the verdict is the top label, or REVIEW when the top probability is
+below ``1 - review_band``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.metrics import softmax
+
+POSITIVE, NEGATIVE, REVIEW = "positive", "negative", "REVIEW"
+
+
+@dataclass
+class DecisionRule:
+    labels: list[str]
+    positive_label: str
+    threshold: float
+    review_band: float
+    temperature: float
+
+    @property
+    def positive_index(self) -> int:
+        return self.labels.index(self.positive_label)
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> DecisionRule:
+        """Read the rule back from model.onnx metadata (or run.json ``decision``)."""
+        labels = list(meta["labels"])
+        return cls(labels=labels, positive_label=meta.get("positive_label", labels[-1]),
+                   threshold=float(meta.get("threshold", 0.5)), review_band=float(meta.get("review_band", 0.0)),
+                   temperature=float(meta.get("temperature", 1.0)))
+
+    def to_dict(self) -> dict:
+        return {"labels": self.labels, "positive_label": self.positive_label, "threshold": self.threshold,
+                "review_band": self.review_band, "temperature": self.temperature}
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """(N, C) logits -> (N, C) temperature-calibrated probabilities."""
+        return softmax(logits, self.temperature)
+
+    def verdicts(self, probs: np.ndarray) -> list[str]:
+        """One verdict per row of calibrated probabilities (N, C)."""
+        probs = np.atleast_2d(probs)
+        if len(self.labels) == 2:
+            p = probs[:, self.positive_index]
+            out = []
+            for v in p:
+                if v >= self.threshold + self.review_band:
+                    out.append(POSITIVE)
+                elif v < self.threshold - self.review_band:
+                    out.append(NEGATIVE)
+                else:
+                    out.append(REVIEW)
+            return out
+        top = probs.max(axis=1)
+        return [self.labels[int(i)] if t >= 1.0 - self.review_band else REVIEW
+                for i, t in zip(probs.argmax(axis=1), top, strict=True)]
+
+    def predicted_labels(self, probs: np.ndarray) -> list[str]:
+        """The label a study is called by the threshold alone (no REVIEW band)."""
+        probs = np.atleast_2d(probs)
+        if len(self.labels) == 2:
+            neg = self.labels[1 - self.positive_index]
+            return [self.positive_label if v >= self.threshold else neg for v in probs[:, self.positive_index]]
+        return [self.labels[int(i)] for i in probs.argmax(axis=1)]

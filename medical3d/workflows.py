@@ -1,0 +1,72 @@
+"""Small library-side helpers behind the CLI commands: batch preprocessing to files, metric tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from common.errors import InputError
+from common.progress import add_task, make_progress, update_rate
+from common.results import error_record, write_records
+from medical3d.config import PreprocessConfig
+from medical3d.io import find_studies, study_id
+
+
+def preprocess_studies(inputs: list[str], out: Path, cfg: PreprocessConfig, *, series_uid: str | None = None,
+                       console: Console | None = None) -> list[dict]:
+    """Preprocess every study under ``inputs`` into ``out``: ``<id>_preprocessed.nii.gz``, ``<id>_bias.nii.gz``
+    (MRI with N4) and ``<id>_qa.json``; also ``qa.csv`` with one row per study. A failing study is an error row.
+    """
+    import SimpleITK as sitk
+
+    from medical3d.preprocess import preprocess_study
+
+    console = console or Console()
+    out.mkdir(parents=True, exist_ok=True)
+    studies = find_studies(inputs)
+    rows: list[dict] = []
+    used: set[str] = set()
+    progress = make_progress(console)
+    with progress:
+        task = add_task(progress, "preprocess", total=len(studies))
+        for path in studies:
+            name = study_id(path)
+            base, n = name, 2
+            while name in used:
+                name, n = f"{base}_{n}", n + 1
+            used.add(name)
+            try:
+                result = preprocess_study(path, cfg, series_uid=series_uid if path.is_dir() else None)
+            except InputError as exc:
+                rows.append(error_record(str(path), str(exc), study=name))
+            else:
+                sitk.WriteImage(result.image, str(out / f"{name}_preprocessed.nii.gz"), True)
+                if result.bias_field is not None:
+                    sitk.WriteImage(result.bias_field, str(out / f"{name}_bias.nii.gz"), True)
+                (out / f"{name}_qa.json").write_text(json.dumps(result.qa, indent=1), encoding="utf-8")
+                rows.append({"source": str(path), "study": name, "status": "ok", "reason": None, **result.qa})
+            progress.update(task, advance=1, info=name)
+            update_rate(progress, task, "study")
+    if rows:
+        write_records(rows, out / "qa.csv")
+    return rows
+
+
+def print_metrics(console: Console, m: dict, title: str) -> None:
+    """One table of the headline metrics of ``decision_metrics``."""
+    table = Table(title=f"{title} metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def fmt(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for key in ("n", "auroc", "accuracy", "sensitivity", "specificity", "ece", "threshold", "temperature", "review"):
+        if key in m:
+            table.add_row(key, fmt(m[key]))
+    if "confusion_matrix" in m:
+        table.add_row("confusion (rows true)", json.dumps(m["confusion_matrix"]))
+    console.print(table)

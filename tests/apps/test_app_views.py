@@ -1,0 +1,148 @@
+"""The apps' view helpers and data readers on real images, volumes and result files (no streamlit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from apps import med_data, med_view, qc_data
+from apps.args import app_argv, parse_app_args
+from apps.qc_draw import PALETTE, draw_defects
+from common.results import write_records
+
+
+# ------------------------------------------------------------------------------------------------ qc
+def test_boxes_are_drawn_in_their_class_colour():
+    img = np.full((64, 64, 3), 128, np.uint8)
+    defects = [qc_data.norm_defect({"box": [10, 10, 30, 30], "cls_class": "pit", "cls_prob": 0.9}),
+               qc_data.norm_defect({"box": [40, 40, 60, 60], "cls_class": "stain", "cls_prob": 0.6})]
+    out = draw_defects(img, defects, ["scratch", "pit", "stain"])
+    assert out.shape == (512, 512, 3)  # small parts are upscaled for legibility (8x)
+    rgb = lambda bgr: list(bgr[::-1])  # noqa: E731
+    assert out[200, 80].tolist() == rgb(PALETTE[1])  # left edge of the pit box (x = 10 * 8)
+    assert out[400, 320].tolist() == rgb(PALETTE[2])  # left edge of the stain box (x = 40 * 8)
+    assert out[250, 250].tolist() == [128, 128, 128]  # inside: untouched
+
+
+def test_qc_records_tolerate_missing_fields_and_csv_nesting(tmp_path):
+    recs = [
+        {"source": "a.png", "verdict": "FAIL", "timestamp": "2026-01-05T08:00:00+00:00",
+         "defects": [{"box": [1, 2, 3, 4], "det_class": "pit", "det_conf": 0.4, "cls_class": "pit", "cls_prob": 0.8,
+                      "defect_prob": 0.85}]},
+        {"file": "b.png"},  # no verdict, status, time or defects: an ok PASS part
+        {"source": "c.png", "status": "error", "reason": "cannot decode"},
+    ]
+    path = write_records(recs, tmp_path / "r.csv")  # defects become JSON strings in CSV
+    parts = qc_data.load_parts(path)
+    assert [p["verdict"] for p in parts] == ["FAIL", "PASS", "ERROR"]
+    assert parts[0]["defects"][0]["cls_class"] == "pit" and parts[0]["max_defect_prob"] == 0.85
+    df = qc_data.parts_frame(parts, {"a.png": {"decision": "FAIL"}})
+    assert df["reviewed"].tolist() == ["FAIL", "", ""]
+    k = qc_data.kpis(df)
+    assert (k["parts"], k["errors"], k["fail_rate"], k["reviewed"]) == (2, 1, 0.5, 1)
+
+
+def test_fail_rate_per_class_over_time_and_measured_rates():
+    t = pd.Timestamp("2026-01-05T08:00:00Z")
+    df = pd.DataFrame({
+        "item": list("abcdef"),
+        "time": [t, t + pd.Timedelta("10s"), t + pd.Timedelta("1h"), t + pd.Timedelta("1h5min"),
+                 t + pd.Timedelta("1h10min"), t + pd.Timedelta("1h20min")],
+        "verdict": ["FAIL", "PASS", "FAIL", "FAIL", "PASS", "REVIEW"],
+        "classes": [["pit"], [], ["pit", "stain"], ["stain"], [], ["stain"]],
+        "top_prob": [0.9, 0.0, 0.95, 0.8, 0.1, 0.4],
+        "reviewed": ["FAIL", "FAIL", "PASS", "", "PASS", "FAIL"],
+    })
+    rate = qc_data.fail_rate_by_class(df, "1h")
+    assert rate.loc[t, "pit"] == 0.5 and rate.loc[t, "stain"] == 0.0
+    assert rate.loc[t + pd.Timedelta("1h"), "stain"] == 0.5 and rate.loc[t + pd.Timedelta("1h"), "pit"] == 0.25
+    m = qc_data.measured_rates(df)
+    # reviewed defective: a (FAIL), b (PASS -> escape), f (REVIEW); reviewed good: c (FAIL -> false reject), e
+    assert (m["defective"], m["good"]) == (3, 2)
+    assert m["escape_rate"] == 1 / 3 and m["false_reject_rate"] == 0.5
+    f = qc_data.Filters(classes=["stain"], prob_range=(0.5, 1.0))
+    assert qc_data.filter_parts(df, f)["item"].tolist() == ["c", "d"]
+
+
+# ------------------------------------------------------------------------------------------------ medical
+def test_worklist_priority_and_row_formats(tmp_path):
+    rows = [
+        {"source": "s/neg.nii.gz", "label": "normal", "verdict": "negative", "score": 0.1,
+         "probabilities": {"normal": 0.9, "lesion": 0.1}},
+        {"source": "s/rev.nii.gz", "label": "lesion", "verdict": "REVIEW", "score": 0.5,
+         "probabilities": {"normal": 0.5, "lesion": 0.5}},
+        {"source": "s/bad", "status": "error", "reason": "missing slice"},
+        {"source": "s/pos.nii.gz", "label": "lesion", "verdict": "positive", "p_normal": 0.2, "p_lesion": 0.8},
+        {"source": "s/pos2.nii.gz", "label": "lesion", "verdict": "positive", "score": 0.99},
+    ]
+    path = write_records(rows, tmp_path / "results.csv")
+    run = {"labels": ["normal", "lesion"], "decision": {"positive_label": "lesion"}}
+    studies = med_data.load_studies(path, run)
+    assert studies[3]["probabilities"] == {"normal": 0.2, "lesion": 0.8}  # eval's p_<label> columns
+    assert studies[0]["qa"] == {} and studies[1]["study"] == "rev"
+    wl = med_data.worklist(studies, {"s/rev.nii.gz": {"decision": "agree", "reviewer": "dr a"}})
+    assert wl["study"].tolist() == ["pos2", "pos", "rev", "neg", "bad"]
+    assert wl["status"].tolist() == ["not reviewed", "not reviewed", "reviewed", "not reviewed", "not reviewed"]
+    assert med_data.positive_label({}, ["benign", "malignant"]) == "malignant"
+
+
+def _volume(arr: np.ndarray, spacing, direction, origin) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr.astype(np.float32))
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
+    img.SetOrigin(origin)
+    return img
+
+
+def test_display_is_the_same_for_lps_and_ras_stored_copies():
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(8, 10, 12)).astype(np.float32)  # (z, y, x)
+    lps = _volume(arr, (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (0.0, 0.0, 0.0))
+    # the same physical volume stored with x and y flipped (RAS-like): last voxel first, directions negated
+    ras = _volume(arr[:, ::-1, ::-1], (1.0, 2.0, 3.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (11.0, 18.0, 0.0))
+    a, b = med_view.for_display(lps), med_view.for_display(ras)
+    np.testing.assert_array_equal(a.array, b.array)
+    assert a.spacing == b.spacing == (1.0, 2.0, 3.0)
+    # an overlay on one grid lands on the other: resampling in physical space
+    np.testing.assert_allclose(med_view.resample_onto(ras, a.image), a.array, atol=1e-5)
+    # coronal and sagittal show superior at the top; axial rows run anterior -> posterior
+    assert np.array_equal(med_view.plane_slice(a.array, "coronal", 3)[0], a.array[-1, 3, :])
+    assert np.array_equal(med_view.plane_slice(a.array, "sagittal", 4)[0], a.array[-1, :, 4])
+    assert np.array_equal(med_view.plane_slice(a.array, "axial", 2), a.array[2])
+
+
+def test_render_keeps_physical_aspect_and_blends_overlay():
+    sl = np.tile(np.linspace(0, 100, 16, dtype=np.float32), (8, 1))  # 8 rows x 16 cols
+    out = med_view.render(sl, (2.0, 1.0), 0.0, 100.0, side=160)  # rows 2 mm: 16 x 16 mm -> square
+    assert out.shape == (160, 160, 3) and out[:, 0].max() < 10 and out[:, -1].min() > 245
+    cam = np.zeros_like(sl)
+    cam[4, 8] = 1.0
+    hot = med_view.render(sl, (2.0, 1.0), 0.0, 100.0, overlay=cam, alpha=1.0, side=160)
+    y, x = 4 * 20 + 10, 8 * 10 + 5
+    assert hot[y, x, 0] > 100 and not np.array_equal(hot[y, x], out[y, x])  # jet red-ish at the hot voxel
+    assert np.array_equal(hot[5, 5], out[5, 5])  # cold pixels untouched
+
+
+def test_window_presets_and_n4_division():
+    arr = np.concatenate([np.full(100, -1000.0), np.linspace(0, 200, 1000)]).astype(np.float32)
+    lo, hi = med_view.window_range(med_view.MRI_AUTO, arr)
+    assert 0 <= lo < 5 and 195 < hi <= 200  # background ignored
+    assert med_view.window_range("CT lung (W1500 L-600)", arr) == (-1350.0, 150.0)
+    assert med_view.presets_for("ct")[0].startswith("CT soft tissue") and med_view.presets_for("mri")[0] == \
+        med_view.MRI_AUTO
+    base = med_view.for_display(_volume(np.full((4, 4, 4), 10.0), (1, 1, 1), (1, 0, 0, 0, 1, 0, 0, 0, 1), (0, 0, 0)))
+    bias = _volume(np.full((4, 4, 4), 2.0), (1, 1, 1), (1, 0, 0, 0, 1, 0, 0, 0, 1), (0, 0, 0))
+    corrected, b = med_view.n4_corrected(base, bias)
+    np.testing.assert_allclose(corrected.array, 5.0)
+    np.testing.assert_allclose(b, 2.0)
+
+
+def test_app_arguments_round_trip(tmp_path):
+    argv = app_argv(tmp_path / "run", tmp_path / "r.jsonl", "postgresql+psycopg://u@h/db")
+    args = parse_app_args(argv)
+    assert args.run == (tmp_path / "run").resolve() and args.results == (tmp_path / "r.jsonl").resolve()
+    assert args.db == "postgresql+psycopg://u@h/db"
+    assert parse_app_args(app_argv("run", "r.csv", "my.sqlite")).db == str(Path.cwd() / "my.sqlite")

@@ -1,0 +1,210 @@
+"""Tiny end to end: train (one epoch per stage) -> run directory -> eval -> inspect -> score, plus ONNX parity
+of both stages against their torch checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from common.rundir import read_run_json
+from industrial_qc.cli import app
+from industrial_qc.data import load_dataset, read_image
+from industrial_qc.pipeline import OnnxClassifier, OnnxDetector, Pipeline, letterbox
+
+runner = CliRunner()
+
+
+def test_run_directory(tiny_run):
+    for name in ("run.json", "detector.onnx", "classifier.onnx", "metrics.json", "plots/confusion_matrix.png",
+                 "plots/pr_curve.png", "checkpoints/detector_best.pt", "checkpoints/classifier/best.pt"):
+        assert (tiny_run / name).is_file(), name
+    run = read_run_json(tiny_run)
+    assert run["vertical"] == "industrial_qc"
+    assert run["labels"] == ["background", "scratch", "pit", "stain", "crack"]
+    th = run["thresholds"]
+    assert 0 < th["review"] <= th["fail"] <= 1
+    assert run["config"]["detector"]["model"] == "yolov5nu.yaml"
+    # the ONNX files explain themselves
+    det, clf = OnnxDetector(tiny_run / "detector.onnx"), OnnxClassifier(tiny_run / "classifier.onnx")
+    assert det.labels == run["labels"][1:] and det.imgsz == (96, 96)
+    assert clf.labels == run["labels"] and clf.crop_size == 32
+    assert clf.model.metadata["thresholds"]["fail"] == th["fail"]
+    assert clf.temperature > 0
+    metrics = json.loads((tiny_run / "metrics.json").read_text())["train"]
+    assert {"detector", "classifier", "thresholds", "val_pipeline"} <= set(metrics)
+
+
+def test_classifier_onnx_matches_torch(tiny_run, tiny_data):
+    import torch
+
+    from industrial_qc.classifier import load_classifier_checkpoint
+    from industrial_qc.config import ClassifierConfig
+    from industrial_qc.crops import to_tensor_batch
+
+    run = read_run_json(tiny_run)
+    cfg = ClassifierConfig.model_validate(run["config"]["classifier"])
+    model, labels = load_classifier_checkpoint(tiny_run / "checkpoints" / "classifier" / "best.pt", cfg)
+    onnx_clf = OnnxClassifier(tiny_run / "classifier.onnx")
+    sample = next(s for s in load_dataset(tiny_data).split("val") if s.defective)
+    img = read_image(sample.image)
+    boxes = np.vstack([sample.boxes_xyxy(img.shape[1], img.shape[0]), [[5, 5, 20, 30]]])
+    crops = onnx_clf.crops(img, boxes)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(to_tensor_batch(crops, normalize=onnx_clf.normalize))).numpy()
+    got = onnx_clf.logits(crops)
+    assert got.shape == (len(boxes), len(labels))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+
+
+def test_detector_onnx_matches_torch(tiny_run, tiny_data):
+    import torch
+
+    from common.runtime import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    net = YOLO(str(tiny_run / "checkpoints" / "detector_best.pt")).model.float().eval()
+    det = OnnxDetector(tiny_run / "detector.onnx")
+    img = read_image(load_dataset(tiny_data).split("val")[0].image)
+    padded, _, _ = letterbox(img, det.imgsz)
+    x = np.ascontiguousarray(padded[..., ::-1].transpose(2, 0, 1)[None], np.float32) / 255.0
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x))
+    ref = (ref[0] if isinstance(ref, tuple | list) else ref).numpy()
+    got = det.model.run(x)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=2e-3 * max(1.0, np.abs(ref).max()))
+
+
+def test_eval_writes_metrics(tiny_run, tiny_data):
+    result = runner.invoke(app, ["eval", str(tiny_run), str(tiny_data), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert "escape_rate" in result.output and "false_reject_rate" in result.output
+    m = json.loads((tiny_run / "metrics.json").read_text())["eval"]["test"]
+    assert set(m["detector"]) >= {"mAP50", "mAP50_95", "per_class"}
+    assert 0.0 <= m["detector"]["mAP50"] <= 1.0
+    assert m["classifier"]["n_gt_crops"] > 0
+    cm = np.array(m["classifier"]["with_background"]["confusion_matrix"])
+    assert cm.shape == (5, 5) and cm.sum() > m["classifier"]["n_gt_crops"]
+    parts = m["pipeline"]["parts"]
+    assert parts["parts"] == m["images"] == parts["defective_parts"] + parts["good_parts"]
+    assert sum(parts["verdicts"].values()) == parts["parts"]
+    assert set(m["pipeline"]["defects"]["per_class"]) == {"scratch", "pit", "stain", "crack"}
+    assert read_run_json(tiny_run)["metrics"]["eval_test"]["escape_rate"] == parts["escape_rate"]
+
+
+@pytest.fixture
+def line_folder(tmp_path, tiny_data) -> Path:
+    """Test images plus a corrupt, an empty and a truncated file."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for s in load_dataset(tiny_data).split("test"):
+        shutil.copy2(s.image, folder / s.image.name)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "empty.jpg").write_bytes(b"")
+    good = next(folder.glob("part_*.png")).read_bytes()
+    (folder / "truncated.png").write_bytes(good[:40])
+    return folder
+
+
+def test_inspect_records_errors_and_scores_the_rest(tiny_run, line_folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["inspect", str(tiny_run), str(line_folder), "--out", str(out), "--sort", "copy"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    files = sorted(p.name for p in line_folder.iterdir())
+    assert sorted(Path(r["file"]).name for r in records) == files
+    errors = {Path(r["file"]).name: r for r in records if r["status"] == "error"}
+    assert set(errors) == {"corrupt.png", "empty.jpg", "truncated.png"}
+    assert "empty file" in errors["empty.jpg"]["reason"]
+    assert "cannot decode" in errors["corrupt.png"]["reason"]
+    run_id = read_run_json(tiny_run)["run_id"]
+    for r in records:
+        assert r["run_id"] == run_id and r["timestamp"]
+        if r["status"] == "ok":
+            assert r["verdict"] in {"PASS", "FAIL", "REVIEW"}
+            assert r["latency_ms"] > 0 and isinstance(r["defects"], list)
+            for d in r["defects"]:
+                assert {"box", "det_class", "det_conf", "cls_class", "cls_prob"} <= set(d)
+    assert len(list((out / "error").iterdir())) == 3
+    # a second run over the same folder records nothing new: the ledger remembers every part
+    again = runner.invoke(app, ["inspect", str(tiny_run), str(line_folder), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(files)
+
+
+def test_line_path_imports_no_torch(tiny_run, line_folder, tmp_path):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from rich.console import Console\n"
+        "from industrial_qc.line import InspectOptions, run_line\n"
+        "from industrial_qc.score import score\n"
+        f"s = run_line(Path({str(tiny_run)!r}), {str(line_folder)!r}, Path({str(tmp_path / 'o')!r}), "
+        "InspectOptions(), console=Console(quiet=True))\n"
+        "assert s['parts'] > 0, s\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("NO_TORCH")
+
+
+def test_score_overlaps_decoding_and_records_errors(tiny_run, line_folder, tmp_path):
+    from rich.console import Console
+
+    from common.results import read_records
+    from industrial_qc.score import score
+
+    out = tmp_path / "scores.parquet"
+    records = score(tiny_run, [str(line_folder), str(tmp_path / "missing_dir"), str(line_folder / "part_*.png")],
+                    out, console=Console(quiet=True), run=read_run_json(tiny_run))
+    n_files = len(list(line_folder.iterdir()))
+    assert len(records) == n_files + 1  # the glob repeats files already listed; the missing input is a record
+    table = read_records(out)
+    assert len(table) == len(records)
+    status = [r["status"] for r in table]
+    assert status.count("error") == 4 and status.count("ok") == n_files - 3
+
+
+def test_pipeline_inspect_on_array(tiny_run, tiny_data):
+    pipe = Pipeline.from_run(tiny_run)
+    img = read_image(load_dataset(tiny_data).split("test")[0].image)
+    res = pipe.inspect(img)
+    assert res["verdict"] in {"PASS", "FAIL", "REVIEW"}
+    assert res["n_candidates"] <= 8  # max_det of the tiny config
+
+
+def test_inspect_video_frames_once(tiny_run, tiny_data, tmp_path):
+    import cv2
+
+    video = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 96))
+    for s in load_dataset(tiny_data).split("test")[:5]:
+        writer.write(read_image(s.image))
+    writer.release()
+    out = tmp_path / "vout"
+    for _ in range(2):  # the second pass finds every frame in the ledger
+        result = runner.invoke(app, ["inspect", str(tiny_run), str(video), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["file"].rsplit("#", 1)[1] for r in records] == [f"frame={i}" for i in range(5)]
+    assert all(r["status"] == "ok" for r in records)
+
+
+def test_inspect_bad_source_and_bad_run_are_input_errors(tiny_run, tmp_path):
+    from common.errors import InputError
+
+    result = runner.invoke(app, ["inspect", str(tiny_run), str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, InputError)
+    assert "not a folder, file, glob or camera index" in str(result.exception)
+    result = runner.invoke(app, ["inspect", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, InputError) and "run.json" in str(result.exception)

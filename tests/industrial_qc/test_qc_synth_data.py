@@ -1,0 +1,148 @@
+"""Synthetic data generation and dataset validation (errors name file and line)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from common.errors import InputError
+from industrial_qc.data import label_path_for, load_dataset
+from industrial_qc.synth import DEFECT_CLASSES, SynthConfig, split_counts, synthesize
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "data.yaml":
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_synth_is_deterministic_per_seed(tmp_path):
+    cfg = SynthConfig(images=8, size=64, seed=11, image_format="png")
+    a = synthesize(tmp_path / "a", cfg)
+    b = synthesize(tmp_path / "b", cfg)
+    synthesize(tmp_path / "c", SynthConfig(images=8, size=64, seed=12, image_format="png"))
+    assert a.counts == b.counts
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_synth_layout_loads_and_has_good_parts(tmp_path):
+    rep = synthesize(tmp_path / "ds", SynthConfig(images=40, size=160, seed=0))
+    data = yaml.safe_load(rep.data_yaml.read_text())
+    assert data["names"] == list(DEFECT_CLASSES)
+    assert {"path", "train", "val", "test"} <= set(data)
+    ds = load_dataset(rep.data_yaml)
+    assert set(ds.splits) == {"train", "val", "test"}
+    samples = [s for split in ds.splits.values() for s in split]
+    assert len(samples) == 40
+    good = [s for s in samples if not s.defective]
+    assert 0.15 <= len(good) / len(samples) <= 0.35  # about a quarter defect-free
+    assert all(s.label is None for s in good)  # good part = no label file
+    boxes = np.concatenate([s.boxes for s in samples if s.defective])
+    assert set(boxes[:, 0].astype(int)) <= set(range(len(DEFECT_CLASSES)))
+    assert (boxes[:, 1:] >= 0).all() and (boxes[:, 1:] <= 1).all()
+    assert boxes[:, 3:].max(axis=1).min() < 0.05  # small defects exist (down to a few % of the side)
+
+
+def test_split_counts():
+    assert split_counts(700, 1 / 7, 2 / 7) == {"train": 400, "val": 100, "test": 200}
+    with pytest.raises(ValueError):
+        split_counts(2, 0.2, 0.2)
+
+
+@pytest.fixture
+def small_ds(tmp_path) -> Path:
+    rep = synthesize(tmp_path / "ds", SynthConfig(images=10, size=64, seed=1, image_format="png"))
+    return rep.data_yaml
+
+
+def _first_label(yaml_path: Path, split: str = "train") -> Path:
+    return sorted((yaml_path.parent / "labels" / split).glob("*.txt"))[0]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("0 0.5 0.5 0.1", "expected 5 values"),
+        ("0 0.5 zero 0.1 0.1", "non-numeric"),
+        ("7 0.5 0.5 0.1 0.1", "class id 7 >= 4 classes in data.yaml"),
+        ("-1 0.5 0.5 0.1 0.1", "not a non-negative integer"),
+        ("1 1.5 0.5 0.1 0.1", "coordinates outside [0, 1]: cx=1.5"),
+        ("2 0.5 0.5 0.1 -0.2", "coordinates outside [0, 1]: h=-0.2"),
+    ],
+)
+def test_bad_label_line_names_file_and_line(small_ds, line, expected):
+    lbl = _first_label(small_ds)
+    n_lines = len(lbl.read_text().splitlines())
+    with open(lbl, "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(small_ds)
+    msg = str(err.value)
+    assert f"{lbl}:{n_lines + 1}: " in msg
+    assert expected in msg
+
+
+def test_every_problem_is_reported(small_ds):
+    labels = sorted((small_ds.parent / "labels" / "train").glob("*.txt"))[:2]
+    for lbl in labels:
+        lbl.write_text("0 0.5 0.5 0.1 0.1\n9 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(small_ds)
+    for lbl in labels:
+        assert f"{lbl}:2: class id 9" in str(err.value)
+
+
+def test_unreadable_image_is_named(small_ds):
+    img = sorted((small_ds.parent / "images" / "val").glob("*.png"))[0]
+    img.write_bytes(b"this is not a png")
+    with pytest.raises(InputError, match=rf"{img}: unreadable or empty image"):
+        load_dataset(small_ds)
+
+
+def test_empty_split_is_named(small_ds):
+    shutil.rmtree(small_ds.parent / "images" / "val")
+    (small_ds.parent / "images" / "val").mkdir()
+    with pytest.raises(InputError, match=r"split 'val' is empty"):
+        load_dataset(small_ds)
+
+
+def test_missing_split_and_bad_names(tmp_path, small_ds):
+    data = yaml.safe_load(small_ds.read_text())
+    del data["val"]
+    bad = tmp_path / "no_val.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match="missing 'val' split"):
+        load_dataset(bad)
+    data = yaml.safe_load(small_ds.read_text())
+    data["names"] = ["scratch", "background"]
+    data.pop("nc")
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match="reserved"):
+        load_dataset(bad)
+
+
+def test_image_without_label_is_a_good_part(small_ds):
+    lbl = _first_label(small_ds)
+    img = next((small_ds.parent / "images" / "train").glob(lbl.stem + ".*"))
+    lbl.unlink()
+    ds = load_dataset(small_ds)
+    sample = next(s for s in ds.split("train") if s.image == img)
+    assert not sample.defective and sample.label is None
+
+
+def test_relative_path_resolves_against_yaml(small_ds):
+    data = yaml.safe_load(small_ds.read_text())
+    data["path"] = "."
+    small_ds.write_text(yaml.safe_dump(data))
+    ds = load_dataset(small_ds)
+    assert ds.root == small_ds.parent.resolve()
+    assert label_path_for(ds.split("train")[0].image).parent.name == "train"

@@ -1,0 +1,97 @@
+"""The verdict rule, threshold selection and the torch-free geometry (letterbox, NMS, decode, crops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from industrial_qc.crops import box_iou, crops_for_boxes, square_regions
+from industrial_qc.pipeline import decode, letterbox, nms
+from industrial_qc.verdict import choose_thresholds, part_rates, part_verdict
+
+
+@pytest.mark.parametrize(
+    ("probs", "expected"),
+    [
+        ([], "PASS"),  # nothing detected
+        ([0.1, 0.2], "PASS"),
+        ([0.1, 0.3], "REVIEW"),  # exactly the review threshold
+        ([0.5], "REVIEW"),
+        ([0.2, 0.8], "FAIL"),  # exactly the fail threshold
+        ([0.99], "FAIL"),
+    ],
+)
+def test_part_verdict(probs, expected):
+    assert part_verdict(probs, fail_threshold=0.8, review_threshold=0.3) == expected
+
+
+def test_part_verdict_rejects_inverted_thresholds():
+    with pytest.raises(ValueError):
+        part_verdict([0.5], fail_threshold=0.3, review_threshold=0.6)
+
+
+def test_thresholds_reach_target_recall_and_cap_false_rejects():
+    rng = np.random.default_rng(0)
+    defect_scores = rng.uniform(0.3, 1.0, 200)
+    good_scores = rng.uniform(0.0, 0.7, 200)
+    scores = np.concatenate([defect_scores, good_scores])
+    defective = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    th = choose_thresholds(scores, defective, target_recall=0.99, max_false_reject=0.01, min_review=0.02,
+                           max_review=0.5, min_fail=0.5)
+    assert th.review <= th.fail
+    verdicts = [part_verdict([s], th.fail, th.review) for s in scores]
+    rates = part_rates(verdicts, defective)
+    assert rates["escape_rate"] <= 0.01
+    assert rates["false_reject_rate"] <= 0.01
+    assert th.val_recall == pytest.approx(1 - rates["escape_rate"])
+    assert rates["verdicts"]["REVIEW"] > 0  # the overlap goes to a person
+
+
+def test_thresholds_when_perfectly_separated():
+    scores = np.array([0.95, 0.9, 0.97, 0.01, 0.02, 0.03])
+    defective = np.array([1, 1, 1, 0, 0, 0], bool)
+    th = choose_thresholds(scores, defective, target_recall=0.99, max_false_reject=0.0, min_review=0.02,
+                           max_review=0.5, min_fail=0.5)
+    assert th.review == 0.5 and th.fail == 0.5  # review capped: p >= 0.5 is never passed
+    assert th.val_recall == 1.0 and th.val_false_reject == 0.0 and th.val_review_rate == 0.0
+
+
+def test_letterbox_and_decode_map_back():
+    img = np.zeros((60, 120, 3), np.uint8)
+    out, r, (left, top) = letterbox(img, (96, 96))
+    assert out.shape == (96, 96, 3)
+    assert r == pytest.approx(0.8) and left == 0 and top == 24
+    # one anchor at (48, 48) 10x10 with class-1 score 0.9, one weak anchor below conf
+    raw = np.zeros((1, 4 + 3, 2), np.float32)
+    raw[0, :4, 0] = [48, 48, 10, 10]
+    raw[0, 5, 0] = 0.9
+    raw[0, :4, 1] = [20, 20, 4, 4]
+    raw[0, 4, 1] = 0.01
+    det = decode(raw, conf=0.05, iou=0.5, max_det=10)
+    assert len(det) == 1 and det.classes[0] == 1
+    np.testing.assert_allclose(det.boxes[0], [43, 43, 53, 53])
+
+
+def test_nms_is_class_agnostic_and_caps():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [70, 70, 80, 80]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    assert nms(boxes, scores, 0.5, 10).tolist() == [0, 2, 3]
+    assert nms(boxes, scores, 0.5, 2).tolist() == [0, 2]
+
+
+def test_square_crops_have_context_and_reflect_at_the_border():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :100] = 200
+    regions = square_regions(np.array([[10, 10, 30, 20]]), 200, 100, context=0.5, min_crop=0.1)
+    np.testing.assert_allclose(regions[0], [20, 15, 40])  # side = 20 * (1 + 2 * 0.5)
+    tiny = square_regions(np.array([[50, 50, 52, 52]]), 200, 100, context=0.5, min_crop=0.1)
+    assert tiny[0, 2] == pytest.approx(10)  # min_crop * shorter side
+    crops = crops_for_boxes(img, np.array([[0, 0, 10, 10], [150, 40, 160, 50]]), 32, 0.5, 0.1)
+    assert crops.shape == (2, 32, 32, 3)
+    assert crops[0].min() == 200  # reflected, not black, beyond the corner
+    assert crops[1].max() == 0
+
+
+def test_box_iou():
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
+    np.testing.assert_allclose(iou[0], [1.0, 1 / 3, 0.0], atol=1e-6)
