@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 DEMO_OUT ?= demo_out
 DEMO_MINUTES ?= 3
 
-.PHONY: setup browser demo test lint format clean bench-help
+.PHONY: setup browser demo test lint format clean bench-help bench-ants
 
 setup: $(STAMP) browser
 
@@ -50,3 +50,11 @@ clean:
 
 bench-help:
 	@echo "Benchmarks (not part of make test): $(BIN)/python benchmarks/<name>.py --help"
+
+# The ANTsPy peer of benchmarks/med_preprocess.py, in a venv of its own (its numpy/scipy pins clash with ours).
+bench-ants: .venv-ants/.installed
+.venv-ants/.installed:
+	test -x .venv-ants/bin/python || $(PYTHON) -m venv .venv-ants
+	.venv-ants/bin/python -m pip install --quiet antspyx numpy
+	touch $@
+	@echo "run: VSUITE_ANTS_PYTHON=.venv-ants/bin/python $(BIN)/python benchmarks/med_preprocess.py"

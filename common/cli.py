@@ -123,7 +123,10 @@ def print_score_summary(records: list[dict], out: Path, seconds: float) -> None:
     table.add_row("total", str(len(records)))
     console.print(table)
     for r in errors[:10]:
-        console.print(f"[red]error[/] {r.get('source')}: {r.get('reason')}")
+        source, reason = str(r.get("source")), str(r.get("reason"))
+        # Reasons from InputError already start with the file they are about.
+        console.print(f"[red]error[/] {reason if reason.startswith(source) else f'{source}: {reason}'}",
+                      highlight=False)
     rate = len(records) / seconds if seconds > 0 else 0.0
     console.print(f"{len(records)} inputs in {seconds:.1f} s ({rate:.1f}/s) -> [bold]{out}[/]")
 
