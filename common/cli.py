@@ -150,7 +150,9 @@ def demo(
     app_cmd = {"industrial_qc": "qc", "medical3d": "med"}
     for vertical, result in outcomes.items():
         if result and result.get("run_dir") and result.get("results"):
-            console.print(f"vsuite app {app_cmd[vertical]} {result['run_dir']} --results {result['results']}")
+            # soft_wrap: a command cut across lines cannot be pasted back into a shell.
+            console.print(f"vsuite app {app_cmd[vertical]} {result['run_dir']} --results {result['results']}",
+                          soft_wrap=True, highlight=False)
 
 
 def main() -> None:
