@@ -20,11 +20,13 @@ from apps.ui import (
     Sources,
     get_store,
     item_picker,
+    load_results_or_stop,
     load_run,
     mtime,
     page_args,
     reviewer_name,
     sources_sidebar,
+    store_label,
     verdict_badge,
 )
 from common.errors import InputError
@@ -311,17 +313,8 @@ def main() -> None:
     clf, model_err = load_models(src.run_dir) if run is not None else (None, None)
     if model_err:
         st.error(model_err)
-    if src.results is None:
-        st.error("no results file given: vsuite app qc RUN --results results.jsonl")
-        st.stop()
-    try:
-        parts = _load_parts(str(src.results), mtime(src.results))
-    except InputError as exc:
-        st.error(str(exc))
-        st.stop()
-    except Exception as exc:
-        st.error(f"{src.results}: cannot read results ({type(exc).__name__}: {exc})")
-        st.stop()
+    parts = load_results_or_stop(src.results, lambda: _load_parts(str(src.results), mtime(src.results)),
+                                 "vsuite app qc RUN --results results.jsonl")
     store, store_err = get_store(src)
     if store_err:
         st.error(store_err)
@@ -339,7 +332,7 @@ def main() -> None:
     ctx = {"run": run, "run_id": run_id, "parts": parts, "by_item": by_item, "df": df, "names": names, "clf": clf,
            "store": store, "reviewer": reviewer, "results_dir": src.results.resolve().parent}
     st.caption(f"run {run_id} · {len(parts)} records from {src.results} · reviews in "
-               f"{store.engine.url.render_as_string(hide_password=True) if store is not None else 'n/a'}")
+               f"{store_label(store)}")
     tabs = st.tabs(["Parts", "KPIs", "Export", "Audit"])
     with tabs[0]:
         parts_tab(ctx, view)

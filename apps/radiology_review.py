@@ -15,7 +15,18 @@ import streamlit as st
 
 from apps import med_data
 from apps.med_viewer import viewer
-from apps.ui import Sources, get_store, item_picker, load_run, mtime, page_args, sources_sidebar, verdict_badge
+from apps.ui import (
+    Sources,
+    get_store,
+    item_picker,
+    load_results_or_stop,
+    load_run,
+    mtime,
+    page_args,
+    sources_sidebar,
+    store_label,
+    verdict_badge,
+)
 from common.errors import InputError
 from common.store import Store
 
@@ -219,17 +230,8 @@ def main() -> None:
     model_md, model_err = load_model(src.run_dir) if run is not None else ({}, None)
     if model_err:
         st.error(model_err)
-    if src.results is None:
-        st.error("no results file given: vsuite app med RUN --results results.csv")
-        st.stop()
-    try:
-        studies = _load_studies(str(src.results), mtime(src.results), run)
-    except InputError as exc:
-        st.error(str(exc))
-        st.stop()
-    except Exception as exc:
-        st.error(f"{src.results}: cannot read results ({type(exc).__name__}: {exc})")
-        st.stop()
+    studies = load_results_or_stop(src.results, lambda: _load_studies(str(src.results), mtime(src.results), run),
+                                   "vsuite app med RUN --results results.csv")
     store, store_err = get_store(src)
     if store_err:
         st.error(store_err)
@@ -252,7 +254,7 @@ def main() -> None:
            "modality": modality, "results_dir": src.results.resolve().parent,
            "run_dir": src.run_dir if run is not None else None}
     st.caption(f"run {run_id} · {len(studies)} studies from {src.results} · sign-offs in "
-               f"{store.engine.url.render_as_string(hide_password=True) if store is not None else 'n/a'}")
+               f"{store_label(store)}")
     tabs = st.tabs(["Worklist", "Audit", "Export"])
     with tabs[0]:
         worklist_tab(ctx, view.reset_index(drop=True))

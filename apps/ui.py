@@ -6,6 +6,7 @@ Every loader returns ``(value, error message)`` instead of raising, so a page sh
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,23 @@ def item_picker(prefix: str, state_key: str, label: str, items: list[str], event
     c_next.button("Next", key=f"{prefix}_next", shortcut="J", on_click=_step, args=(state_key, items, 1),
                   width="stretch")
     return st.session_state[state_key]
+
+
+def load_results_or_stop(results: Path | None, loader: Callable[[], list], usage: str) -> list:
+    """``loader()``'s records, or an error in the page and a stop (the sidebar stays usable to fix the path)."""
+    if results is None:
+        st.error(f"no results file given: {usage}")
+        st.stop()
+    try:
+        return loader()
+    except InputError as exc:
+        st.error(str(exc))
+    except Exception as exc:  # a results file broken in a way we did not foresee must not kill the page
+        st.error(f"{results}: cannot read results ({type(exc).__name__}: {exc})")
+    st.stop()
+    return []  # not reached: st.stop() raises
+
+
+def store_label(store: Store | None) -> str:
+    """Where decisions go, password hidden."""
+    return store.engine.url.render_as_string(hide_password=True) if store is not None else "n/a"
