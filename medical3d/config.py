@@ -123,7 +123,7 @@ class ModelConfig(StrictModel):
     network: Literal["cnn3d", "densenet121", "resnet18", "resnet34"] = "cnn3d"
     width: int = Field(default=8, ge=4)  # cnn3d: channels of the first block (doubles per block)
     dropout: float = Field(default=0.2, ge=0, lt=1)
-    norm: Literal["batch", "instance", "group", "none"] = "instance"  # cnn3d: normalisation after every conv
+    norm: Literal["group", "batch", "instance", "none"] = "group"  # cnn3d: normalisation after every conv
 
 
 class AugmentConfig(StrictModel):

@@ -18,7 +18,11 @@ from medical3d.config import ModelConfig
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
-    """The normalisation after every conv of ``cnn3d``: batch | instance | group | none."""
+    """The normalisation after every conv of ``cnn3d``: group (per volume, default) | batch | instance | none.
+
+    Per-volume normalisation matters here: with batches of 2-4 volumes BatchNorm statistics are noise and train-
+    and eval-mode outputs disagree.
+    """
     if kind == "batch":
         return nn.BatchNorm3d(channels)
     if kind == "instance":
@@ -29,37 +33,41 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 class PlainCNN3D(nn.Module):
-    """Fully convolutional local detector with global max pooling: "is there such a spot anywhere?".
+    """Plain 3D CNN: a full-resolution stem, three conv pairs with max pooling, one last conv; the global max
+    of every stage's output is concatenated for the linear classifier (multi-scale max pooling).
 
-    stem: two convs at full resolution (a lesion of 1-3 voxels is seen before any pooling); block1, block2: max
-    pooling then two convs each (1/2, 1/4 resolution); block4: 1x1 convs, a per-location detector that widens
-    nothing. The receptive field stays local (~32 voxels), so a small training set cannot fit whole-body layout
-    (which it would memorise instead of the lesion), and the global max of the detector map goes to the linear
-    classifier. Normalisation is per volume by default (``norm="instance"``): batch statistics of 2-8 volumes are
-    noise, and with BatchNorm train- and eval-mode outputs disagree. x: (B, 1, D, H, W) -> (B, num_classes).
+    Max pooling (rather than strided convolutions) and global max pooling keep a few bright voxels, a small
+    lesion, from being averaged away. Pooling only maxima makes every feature a local detector ("is there such a
+    spot anywhere?") instead of a summary of the whole body, which a small training set would memorise; pooling
+    the shallow stages too gives the classifier local contrast features directly. x: (B, 1, D, H, W) -> logits
+    (B, num_classes). With width w the deepest block has 8w channels at 1/16 of the input size.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 16, dropout: float = 0.2,
-                 norm: str = "instance") -> None:
+                 norm: str = "group") -> None:
         super().__init__()
         w = width
-        c0 = max(w // 2, 4)
 
-        def conv(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
-            return [nn.Conv3d(cin, cout, k, padding=k // 2, bias=norm == "none"), norm_layer(norm, cout),
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv3d(cin, cout, 3, padding=1, bias=norm == "none"), norm_layer(norm, cout),
                     nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential()
-        self.features.add_module("stem", nn.Sequential(*conv(in_channels, c0), *conv(c0, c0)))
-        self.features.add_module("block1", nn.Sequential(nn.MaxPool3d(2), *conv(c0, w), *conv(w, w)))
-        self.features.add_module("block2", nn.Sequential(nn.MaxPool3d(2), *conv(w, 2 * w), *conv(2 * w, 2 * w)))
-        self.features.add_module("block4", nn.Sequential(*conv(2 * w, 4 * w, 1), *conv(4 * w, 4 * w, 1)))
+        self.features.add_module("stem", nn.Sequential(*conv(in_channels, max(w // 2, 4)), nn.MaxPool3d(2)))
+        self.features.add_module("block1", nn.Sequential(*conv(max(w // 2, 4), w), *conv(w, w), nn.MaxPool3d(2)))
+        self.features.add_module("block2", nn.Sequential(*conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool3d(2)))
+        self.features.add_module("block3", nn.Sequential(*conv(2 * w, 4 * w), *conv(4 * w, 4 * w), nn.MaxPool3d(2)))
+        self.features.add_module("block4", nn.Sequential(*conv(4 * w, 8 * w)))
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(4 * w, num_classes)
+        pooled = max(w // 2, 4) + w + 2 * w + 4 * w + 8 * w
+        self.classifier = nn.Linear(pooled, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        return self.classifier(self.dropout(torch.amax(x, dim=(2, 3, 4))))
+        pooled = []
+        for stage in self.features:
+            x = stage(x)
+            pooled.append(torch.amax(x, dim=(2, 3, 4)))
+        return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
 
 
 def _cnn3d(cfg: ModelConfig, num_classes: int) -> nn.Module:
