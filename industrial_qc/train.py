@@ -185,27 +185,13 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
 def _plots(plot_dir: Path, confusion: list[list[int]], labels: list[str], scores: np.ndarray, defective: np.ndarray,
            th) -> None:
     """Confusion matrix of stage 2 on val crops; part-level precision-recall curve with the chosen thresholds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    cm = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("classifier, val crops")
-    fig.tight_layout()
-    fig.savefig(plot_dir / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
+    from common.plots import pyplot, save_confusion_matrix
+
+    plt = pyplot()
+
+    save_confusion_matrix(plot_dir / "confusion_matrix.png", confusion, labels, "classifier, val crops")
 
     fig, ax = plt.subplots(figsize=(5, 4))
     if defective.any() and (~defective).any():

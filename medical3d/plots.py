@@ -6,16 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.plots import pyplot, save_confusion_matrix
 from medical3d.verdict import DecisionRule
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def write_all(out_dir: Path, y: np.ndarray, probs: np.ndarray, rule: DecisionRule, title: str = "") -> list[Path]:
@@ -51,25 +47,12 @@ def roc(path: Path, y: np.ndarray, probs: np.ndarray, rule: DecisionRule, title:
 
 
 def confusion(path: Path, y: np.ndarray, probs: np.ndarray, rule: DecisionRule, title: str = "") -> Path:
-    plt = _plt()
+    from sklearn.metrics import confusion_matrix
+
     labels = rule.labels
     pred = [labels.index(p) for p in rule.predicted_labels(probs)]
-    cm = np.zeros((len(labels), len(labels)), dtype=int)
-    for t, p in zip(y, pred, strict=True):
-        cm[int(t), p] += 1
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion at threshold {rule.threshold:.3f} {title}".strip())
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    cm = confusion_matrix(np.asarray(y, dtype=int), pred, labels=list(range(len(labels))))
+    return save_confusion_matrix(path, cm, labels, f"confusion at threshold {rule.threshold:.3f} {title}".strip())
 
 
 def calibration(path: Path, y: np.ndarray, probs: np.ndarray, rule: DecisionRule, title: str = "") -> Path:
