@@ -40,11 +40,11 @@ def run_peer(data_yaml: Path, model_yaml: str, imgsz: int, minutes: float, work:
     t0 = time.monotonic()
     model = YOLO(model_yaml)
     model.train(data=str(resolved), imgsz=imgsz, time=minutes / 60, device="cpu", amp=False, plots=False,
-                project=str(work), name="train", exist_ok=True, seed=seed, verbose=False)
+                project=str(work.resolve()), name="train", exist_ok=True, seed=seed, verbose=False)
     train_min = (time.monotonic() - t0) / 60
     best = YOLO(str(model.trainer.best))
-    res = best.val(data=str(resolved), split="test", imgsz=imgsz, device="cpu", plots=False, project=str(work),
-                   name="val_test", exist_ok=True, verbose=False)
+    res = best.val(data=str(resolved), split="test", imgsz=imgsz, device="cpu", plots=False,
+                   project=str(work.resolve()), name="val_test", exist_ok=True, verbose=False)
     test = ds.split("test")
     verdicts = []
     for s in test:

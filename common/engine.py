@@ -351,6 +351,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if _use_amp(cfg, device) else None
 
     start_epoch, best_score, best_epoch, bad_epochs = 0, float("-inf"), -1, 0
+    best_loss = float("inf")  # breaks ties of a saturating metric (AUROC 1.0 on a small validation split)
     history: list[dict] = []
     state = None
     if resume and last_path.is_file():
@@ -359,6 +360,7 @@ def fit(
         start_epoch = int(state["epoch"]) + 1
         history = list(state.get("history", []))
         best_score = float(state.get("best_score", float("-inf")))
+        best_loss = float(state.get("best_loss", float("inf")))
         best_epoch = int(state.get("best_epoch", -1))
         bad_epochs = int(state.get("bad_epochs", 0))
         console.print(f"[bold]resume[/] from {last_path} at epoch {start_epoch + 1}/{len(plan)}")
@@ -400,9 +402,11 @@ def fit(
                    "val_balanced_accuracy": ev.metrics["balanced_accuracy"], "val_auroc": ev.metrics["auroc"],
                    "partial": tr["interrupted"]}
             history.append(row)
-            improved = score > best_score
+            # A tie on the monitored metric goes to the lower validation loss: with a few validation cases the
+            # metric saturates or moves in coarse steps, and the first epoch to reach a value is rarely the best.
+            improved = score > best_score or (score == best_score and cfg.monitor != "loss" and ev.loss < best_loss)
             if improved:
-                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+                best_score, best_loss, best_epoch, bad_epochs = score, ev.loss, epoch + 1, 0
             else:
                 bad_epochs += 1
             payload = {
@@ -410,6 +414,7 @@ def fit(
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch, "stage": stage, "labels": list(labels), "config": config_snapshot or {},
                 "train_config": cfg.model_dump(mode="json"), "history": history, "best_score": best_score,
+                "best_loss": best_loss,
                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "monitor": cfg.monitor,
             }
             if improved:

@@ -49,6 +49,10 @@ class OnnxModel:
             threads = int(os.environ.get("VSUITE_ORT_THREADS", "0"))
         if threads > 0:
             opts.intra_op_num_threads = threads
+        # No busy-waiting between runs: two sessions alternate on the line (detector, then classifier), and on a
+        # small CPU the idle session's spinning threads steal the cores the other one needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      os.environ.get("VSUITE_ORT_SPIN", "0"))
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts,

@@ -32,6 +32,7 @@ class DetectorConfig(StrictModel):
     optimizer: Literal["auto", "SGD", "Adam", "AdamW"] = "auto"
     lr0: float = Field(default=0.01, gt=0)
     cos_lr: bool = False
+    warmup_epochs: float = Field(default=1.0, ge=0)  # Ultralytics: 3; a CPU budget buys few epochs
     close_mosaic: int = Field(default=10, ge=0)
     mosaic: float = Field(default=1.0, ge=0, le=1)
     fliplr: float = Field(default=0.5, ge=0, le=1)
@@ -74,9 +75,9 @@ class ClassifierConfig(StrictModel):
     arch: Literal["resnet18", "resnet50"] = "resnet18"
     weights: str | None = None  # local torchvision state_dict or our checkpoint; never downloaded
     stem: Literal["standard", "no_maxpool"] = "standard"
-    crop_size: int = Field(default=48, ge=16)
+    crop_size: int = Field(default=64, ge=16)
     normalize: Literal["per_crop", "imagenet"] = "per_crop"  # see industrial_qc.crops.to_tensor_batch
-    context: float = Field(default=0.4, ge=0, le=3)  # padding each side, as a fraction of the box's longer side
+    context: float = Field(default=0.3, ge=0, le=3)  # padding each side, as a fraction of the box's longer side
     min_crop: float = Field(default=0.06, gt=0, le=1)  # smallest crop side, as a fraction of the image's shorter side
     background_per_defect: float = Field(default=1.0, ge=0)  # random defect-free windows per ground-truth crop
     hard_negatives: bool = True
@@ -109,7 +110,7 @@ class QCConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     threads: int | None = None  # torch threads; None = all available cores
     max_minutes: float | None = Field(default=None, gt=0)  # whole training (both stages); --max-minutes
-    detector_share: float = Field(default=0.6, gt=0, lt=1)  # of the budget, for stage 1
+    detector_share: float = Field(default=0.75, gt=0, lt=1)  # of the budget, for stage 1
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     verdict: VerdictConfig = Field(default_factory=VerdictConfig)

@@ -54,10 +54,12 @@ def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: s
     args = dict(
         data=str(data_yaml), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch, patience=cfg.patience,
         workers=cfg.workers, cache=cfg.cache, optimizer=cfg.optimizer, lr0=cfg.lr0, cos_lr=cfg.cos_lr,
+        warmup_epochs=cfg.warmup_epochs,
         close_mosaic=cfg.close_mosaic, mosaic=cfg.mosaic, fliplr=cfg.fliplr, flipud=cfg.flipud, scale=cfg.scale,
         translate=cfg.translate, degrees=cfg.degrees, hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s, hsv_v=cfg.hsv_v,
         box=cfg.box, cls=cfg.cls, nbs=cfg.nbs, device=device, seed=seed, deterministic=False,
-        project=str(project), name="train", exist_ok=True, verbose=False,
+        # absolute: Ultralytics nests a relative project under ./runs/detect/
+        project=str(Path(project).resolve()), name="train", exist_ok=True, verbose=False,
         amp=False,  # the AMP check would download yolo11n.pt; AMP is CUDA-only anyway
         plots=False,  # plotting fetches Arial.ttf
         val=True,
@@ -183,7 +185,8 @@ def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int,
     model = YOLO(str(model_path), task="detect")
     batch = 1 if model_path.suffix == ".onnx" else 16
     res = model.val(data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
-                    project=str(project), name=f"val_{split}", exist_ok=True, verbose=False, workers=0)
+                    project=str(Path(project).resolve()), name=f"val_{split}", exist_ok=True, verbose=False,
+                    workers=0)
     names = res.names
     per_class = {}
     ap50 = res.box.ap50 if len(res.box.ap_class_index) else []

@@ -3,8 +3,9 @@
 Surfaces: brushed metal, cast metal, woven fabric, each under varied lighting, gamma, tint and sensor noise.
 Defects: ``scratch`` (thin bright/dark curve), ``pit`` (small dark dent with a lit rim), ``stain`` (soft
 irregular tinted blob) and ``crack`` (dark jagged branching line). Sizes go down to ~2.5 % of the image
-side and contrast down to ~5 % of the intensity range, like faint defects on real parts. About a quarter of
-the parts are defect-free and have no label file (the Ultralytics convention for a background image).
+side and contrast down to ~5 % of the intensity range, like faint defects on real parts, but never below
+``min_cnr`` times the fine texture and sensor noise around the defect (a defect an inspector could see). About a
+quarter of the parts are defect-free and have no label file (the Ultralytics convention for a background image).
 
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives the same files.
 """
@@ -37,6 +38,7 @@ class SynthConfig:
     good_frac: float = 0.25
     image_format: Literal["jpg", "png"] = "jpg"
     contrast: tuple[float, float] = (0.05, 0.22)  # defect amplitude, fraction of the [0, 1] intensity range
+    min_cnr: float = 2.0  # peak defect signal >= min_cnr x the local fine-texture + sensor noise (visible to an eye)
     max_defects: int = 3
 
 
@@ -216,17 +218,34 @@ def _apply_defect(img: np.ndarray, cls: str, rng: np.random.Generator, cfg: Synt
         return None
     amp = rng.uniform(*cfg.contrast)
     local = float(img.mean())
-    if cls == "scratch":
-        sign = 1.0 if rng.random() < 0.6 else -1.0
-        img += (sign * amp * mask)[..., None]
-    elif cls == "crack":
-        img *= (1.0 - np.clip(amp * 2.2, 0, 0.8) * mask)[..., None]
-    elif cls == "pit":
-        img *= (1.0 - np.clip(amp * 2.0, 0, 0.8) * mask)[..., None]
-        img += (0.8 * amp * rim)[..., None]
-    else:  # stain: a tinted darkening, e.g. oil or rust
-        tint = np.array([rng.uniform(0.2, 0.9), rng.uniform(0.5, 1.0), 1.0], np.float32)
-        img -= (amp * 1.3 * mask)[..., None] * (1.0 - tint * 0.5) * max(local, 0.3) * 2
+    sign = 1.0 if rng.random() < 0.6 else -1.0  # scratch: bright or dark
+    tint = np.array([rng.uniform(0.2, 0.9), rng.uniform(0.5, 1.0), 1.0], np.float32)  # stain: e.g. oil or rust
+
+    def render(a: float) -> np.ndarray:
+        if cls == "scratch":
+            return img + (sign * a * mask)[..., None]
+        if cls == "crack":
+            return img * (1.0 - np.clip(a * 2.2, 0, 0.8) * mask)[..., None]
+        if cls == "pit":
+            return img * (1.0 - np.clip(a * 2.0, 0, 0.8) * mask)[..., None] + (0.8 * a * rim)[..., None]
+        # stain: a tinted darkening
+        return img - (a * 1.3 * mask)[..., None] * (1.0 - tint * 0.5) * max(local, 0.3) * 2
+
+    # Contrast floor: faint, but never below the texture it sits on. A 5 % scratch on a brushed-metal streak
+    # pattern of the same amplitude is invisible to an inspector too, and such a label only teaches noise.
+    x1, y1 = int(max(0, (box[0] - box[2]) * s)), int(max(0, (box[1] - box[3]) * s))
+    x2, y2 = int(min(s, (box[0] + box[2]) * s)) + 1, int(min(s, (box[1] + box[3]) * s)) + 1
+    gray = img.mean(axis=2)
+    fine = gray - cv2.GaussianBlur(gray, (0, 0), 2.0)
+    floor = cfg.min_cnr * math.hypot(float(fine[y1:y2, x1:x2].std()), 0.015)
+    out = render(amp)
+    for _ in range(3):  # multiplicative defects saturate: a few proportional steps reach the floor
+        peak = float(np.abs(out - img).max())
+        if peak >= floor or peak <= 0:
+            break
+        amp *= floor / peak * 1.02
+        out = render(amp)
+    img[...] = out
     return box
 
 

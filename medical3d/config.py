@@ -8,7 +8,7 @@ and is re-validated here by the scorer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -124,6 +124,8 @@ class ModelConfig(StrictModel):
     width: int = Field(default=8, ge=4)  # cnn3d: channels of the first block (doubles per block)
     dropout: float = Field(default=0.2, ge=0, lt=1)
     norm: Literal["group", "batch", "instance", "none"] = "group"  # cnn3d: normalisation after every conv
+    # cnn3d: fixed Hessian blob-filter scales (voxels) in front of the network; [] = raw volume only
+    blob_scales: list[Annotated[float, Field(gt=0, le=8)]] = Field(default_factory=lambda: [1.0, 1.5, 2.0])
 
 
 class AugmentConfig(StrictModel):

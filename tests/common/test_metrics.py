@@ -79,3 +79,15 @@ def test_temperature_recovers_known_scale():
     t = fit_temperature(true_logits * 3.0, y)  # over-confident by 3x
     assert t == pytest.approx(3.0, rel=0.1)
     assert nll(true_logits * 3.0, y, t) < nll(true_logits * 3.0, y, 1.0)
+
+
+def test_temperature_on_a_perfectly_separated_split_stays_finite():
+    """18 validation cases the model separates: hard-target NLL would push T to its bound and p to 0/1."""
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 9 + [1] * 9)
+    margin = np.where(y == 1, 1.0, -1.0) * rng.uniform(8, 30, size=18)  # confident and right
+    logits = np.stack([-margin / 2, margin / 2], axis=1)
+    t = fit_temperature(logits, y)
+    p = softmax(logits, t)[np.arange(18), y]
+    assert t > 1.0  # softened, not sharpened
+    assert 0.8 < p.mean() < 0.999  # about (9 + 1) / (9 + 2) = 0.91, the confidence 9 cases per class support

@@ -52,6 +52,29 @@ def test_synth_layout_loads_and_has_good_parts(tmp_path):
     assert boxes[:, 3:].max(axis=1).min() < 0.05  # small defects exist (down to a few % of the side)
 
 
+@pytest.mark.parametrize("cls", DEFECT_CLASSES)
+def test_faint_defects_keep_a_contrast_floor_above_the_texture(cls):
+    """Asked for almost no contrast, a defect still stands min_cnr x the local fine texture above it."""
+    import cv2
+
+    from industrial_qc.synth import _apply_defect, _brushed_metal
+
+    cfg = SynthConfig(contrast=(0.001, 0.001), min_cnr=2.0)
+    for i in range(4):
+        rng = np.random.default_rng([7, i])
+        clean = _brushed_metal(rng, 128).astype(np.float32)
+        img = clean.copy()
+        box = _apply_defect(img, cls, rng, cfg)
+        assert box is not None
+        gray = clean.mean(axis=2)
+        fine = gray - cv2.GaussianBlur(gray, (0, 0), 2.0)
+        cx, cy, w, h = (v * 128 for v in box)
+        sl = (slice(int(max(0, cy - h)), int(cy + h) + 1), slice(int(max(0, cx - w)), int(cx + w) + 1))
+        noise = float(np.hypot(fine[sl].std(), 0.015))
+        peak = float(np.abs(img - clean).max())
+        assert peak >= 0.9 * cfg.min_cnr * noise, (cls, i, peak, noise)
+
+
 def test_split_counts():
     assert split_counts(700, 1 / 7, 2 / 7) == {"train": 400, "val": 100, "test": 200}
     with pytest.raises(ValueError):
