@@ -43,9 +43,11 @@ def _peak_rss_mib() -> float:
 
 
 def side_pipeline(run: Path, files: list[Path], warmup: int, threads: int | None) -> dict:
+    from common.inference import share_thread_pool
     from industrial_qc.data import read_image
     from industrial_qc.pipeline import Pipeline
 
+    share_thread_pool(threads)  # as `vsuite qc inspect` does
     pipe = Pipeline.from_run(run, threads=threads)
     for f in files[:warmup]:
         pipe.inspect(read_image(f))
@@ -131,8 +133,9 @@ def main() -> None:
     console = Console()
     n = 16 if args.quick else args.images
     work = args.workdir
-    rep = synthesize(work / "data", SynthConfig(images=max(n, 24) + 12, size=640, seed=5, val_frac=0.15,
-                                                 test_frac=n / (max(n, 24) + 12)))
+    total = n + 24  # n timed test images; 18 train + 6 val for the throwaway run
+    rep = synthesize(work / "data", SynthConfig(images=total, size=640, seed=5, val_frac=6 / total,
+                                                 test_frac=n / total))
     files = sorted((work / "data" / "images" / "test").glob("*.jpg"))[:n]
     run = args.run or _throwaway_run(work, rep.data_yaml)
     imgsz = json.loads((run / "run.json").read_text())["config"]["detector"]["imgsz"]

@@ -181,6 +181,14 @@ def choose_conf(dets: list, gt_boxes: list[np.ndarray], *, target_recall: float,
 def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int, project: Path,
                       device: str = "cpu") -> dict:
     """Ultralytics validation (mAP50 and mAP50-95, overall and per class) of a .pt or .onnx detector."""
+    from common.inference import shared_pool_active
+
+    if model_path.suffix == ".onnx" and shared_pool_active():
+        # Ultralytics' ONNX backend makes sessions with their own thread pools, which onnxruntime refuses once
+        # this process runs on the shared pool (``qc inspect``/``score`` in the same Python session): validate
+        # the same weights from the checkpoint the ONNX file was exported from (their parity is tested).
+        pt = model_path.parent / "checkpoints" / "detector_best.pt"
+        model_path = pt if pt.is_file() else model_path
     YOLO = _yolo()
     model = YOLO(str(model_path), task="detect")
     batch = 1 if model_path.suffix == ".onnx" else 16
@@ -194,6 +202,7 @@ def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int,
     for i, c in enumerate(res.box.ap_class_index):
         per_class[names[int(c)]] = {"mAP50": float(ap50[i]), "mAP50_95": float(ap[i])}
     return {
+        "model": model_path.name,
         "mAP50": float(res.box.map50),
         "mAP50_95": float(res.box.map),
         "precision": float(res.box.mp),

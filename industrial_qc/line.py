@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from common.errors import InputError
+from common.inference import share_thread_pool
 from common.results import JsonlWriter, error_record, now_iso, read_jsonl
 from industrial_qc.data import IMAGE_SUFFIXES, read_image
 from industrial_qc.pipeline import Pipeline, draw_annotations
@@ -298,6 +299,7 @@ def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, co
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classify_source(source)  # fail fast on a bad source, before loading models
+    share_thread_pool(opts.threads)  # detector and classifier alternate on one pool: less latency per part
     pipe = Pipeline.from_run(run_dir, threads=opts.threads)
     results_path = out_dir / "results.jsonl"
     stats = LineStats()

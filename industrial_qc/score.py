@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from common.errors import InputError
+from common.inference import share_thread_pool
 from common.progress import add_task, make_progress, update_rate
 from common.results import error_record, now_iso, write_records
 from industrial_qc.data import IMAGE_SUFFIXES, read_image
@@ -98,6 +99,7 @@ def score_files(pipe: Pipeline, files: list[Path], *, workers: int = 2, on_recor
 
 def score(run_dir: Path, inputs: list[str], out: Path, *, console, run: dict) -> list[dict]:
     """The ``vsuite.scorers`` entry point: score ``inputs`` with the run, write ``out`` (.csv/.parquet/.jsonl)."""
+    share_thread_pool()  # detector and classifier alternate on one pool: less latency per part
     pipe = Pipeline.from_run(run_dir, run=run)
     files, errors = expand_inputs(list(inputs))
     with make_progress(console) as progress:

@@ -7,6 +7,7 @@ Errors are ``InputError`` messages that name the file or folder and say what is 
 from __future__ import annotations
 
 import hashlib
+import locale
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -349,15 +350,22 @@ def write_dicom_series(image: sitk.Image, folder: str | Path, *, modality: str =
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     out = []
-    for k in range(vol.GetSize()[2]):
-        sl = vol[:, :, k]
-        for tag, value in shared:
-            sl.SetMetaData(tag, value)
-        sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-        path = folder / f"slice_{k:04d}.dcm"
-        writer.SetFileName(str(path))
-        writer.Execute(sl)
-        out.append(path)
+    # GDCM's writer switches the process locale to "C" and leaves it there: every later open() without an
+    # explicit encoding (and subprocess text pipes) would then be ASCII. Put the caller's LC_CTYPE back.
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        for k in range(vol.GetSize()[2]):
+            sl = vol[:, :, k]
+            for tag, value in shared:
+                sl.SetMetaData(tag, value)
+            origin = image.TransformIndexToPhysicalPoint((0, 0, k))
+            sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in origin))
+            sl.SetMetaData("0020|0013", str(k + 1))
+            sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+            path = folder / f"slice_{k:04d}.dcm"
+            writer.SetFileName(str(path))
+            writer.Execute(sl)
+            out.append(path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
     return out

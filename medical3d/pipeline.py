@@ -21,7 +21,7 @@ from pydantic import Field
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from common.calibration import fit_temperature
+from common.calibration import fit_temperature_bias
 from common.config import StrictModel, config_snapshot, load_config
 from common.engine import TrainConfig, fit
 from common.errors import InputError
@@ -268,10 +268,10 @@ def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | 
                  console=console, description="train medical3d")
 
     val_logits, val_targets = result.val_logits, result.val_targets
-    temperature = fit_temperature(val_logits, val_targets)
+    temperature, bias = fit_temperature_bias(val_logits, val_targets)
     positive = cfg.data.positive_label if cfg.data.positive_label in labels else labels[-1]
     rule = DecisionRule(labels=labels, positive_label=positive, threshold=0.5,
-                        review_band=cfg.verdict.review_band, temperature=temperature)
+                        review_band=cfg.verdict.review_band, temperature=temperature, bias=bias)
     val_probs = rule.probabilities(val_logits)
     if len(labels) == 2:
         rule.threshold = choose_threshold(val_targets == rule.positive_index, val_probs[:, rule.positive_index],

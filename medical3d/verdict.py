@@ -24,6 +24,7 @@ class DecisionRule:
     threshold: float
     review_band: float
     temperature: float
+    bias: list[float] | None = None  # per-class logit offset fitted with T (None/absent: zeros, older runs)
 
     @property
     def positive_index(self) -> int:
@@ -35,15 +36,19 @@ class DecisionRule:
         labels = list(meta["labels"])
         return cls(labels=labels, positive_label=meta.get("positive_label", labels[-1]),
                    threshold=float(meta.get("threshold", 0.5)), review_band=float(meta.get("review_band", 0.0)),
-                   temperature=float(meta.get("temperature", 1.0)))
+                   temperature=float(meta.get("temperature", 1.0)),
+                   bias=[float(b) for b in meta["bias"]] if meta.get("bias") is not None else None)
 
     def to_dict(self) -> dict:
         return {"labels": self.labels, "positive_label": self.positive_label, "threshold": self.threshold,
-                "review_band": self.review_band, "temperature": self.temperature}
+                "review_band": self.review_band, "temperature": self.temperature, "bias": self.bias}
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """(N, C) logits -> (N, C) temperature-calibrated probabilities."""
-        return softmax(logits, self.temperature)
+        """(N, C) logits -> (N, C) calibrated probabilities, ``softmax(logits / T + bias)``."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.bias is not None:
+            z = z + np.asarray(self.bias, dtype=np.float64) * self.temperature
+        return softmax(z, self.temperature)
 
     def verdicts(self, probs: np.ndarray) -> list[str]:
         """One verdict per row of calibrated probabilities (N, C)."""

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from common.calibration import fit_temperature, nll
+from common.calibration import fit_temperature, fit_temperature_bias, nll
 from common.metrics import (
     binary_rates,
     classification_metrics,
@@ -91,3 +91,26 @@ def test_temperature_on_a_perfectly_separated_split_stays_finite():
     p = softmax(logits, t)[np.arange(18), y]
     assert t > 1.0  # softened, not sharpened
     assert 0.8 < p.mean() < 0.999  # about (9 + 1) / (9 + 2) = 0.91, the confidence 9 cases per class support
+
+
+def test_temperature_and_bias_calibrate_lopsided_logits():
+    """Normals all at a small constant logit, positives far out (a CNN over a blob filter): T alone cannot put
+    both classes near the confidence 9 cases support; T with a class offset can, and keeps the ranking."""
+    rng = np.random.default_rng(2)
+    y = np.array([0] * 9 + [1] * 9)
+    d = np.where(y == 1, rng.uniform(60, 150, size=18), -10.0 + rng.normal(0, 0.1, size=18))
+    logits = np.stack([np.zeros(18), d], axis=1)
+    t_only = fit_temperature(logits, y)
+    t, b = fit_temperature_bias(logits, y)
+    assert b[0] == 0.0 and len(b) == 2
+    p_t = softmax(logits, t_only)[np.arange(18), y]
+    p_tb = softmax(logits / t + np.array(b))[np.arange(18), y]
+    target = 10 / 11
+    assert abs(p_tb[y == 0].mean() - target) < 0.05  # normals near 0.91 sure of being normal
+    assert abs(p_tb[y == 0].mean() - target) < abs(p_t[y == 0].mean() - target)
+    assert p_tb.min() > 0.5  # every case still on its own side
+    # balanced, symmetric logits need no offset: the joint fit reduces to temperature scaling
+    m = np.where(y == 1, 1.0, -1.0) * rng.uniform(8, 30, size=18)
+    t2, b2 = fit_temperature_bias(np.stack([-m / 2, m / 2], axis=1), y)
+    assert abs(b2[1]) < 0.5
+    assert t2 > 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -44,7 +46,9 @@ def test_oblique_dicom_series_round_trip(tmp_path):
     rot = rotation(np.random.default_rng(3), 25.0)
     assert np.linalg.det(rot) > 0
     img = _volume(direction=rot)
+    encoding = locale.getpreferredencoding(False)
     write_dicom_series(img, tmp_path / "series", modality="MR")
+    assert locale.getpreferredencoding(False) == encoding  # GDCM's "C" locale does not leak into the process
     back, info = read_study(tmp_path / "series")
     _assert_same(img, back)
     assert info.format == "dicom" and info.series_choice == "only" and info.modality_tag == "MR"

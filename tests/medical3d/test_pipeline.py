@@ -32,6 +32,7 @@ def test_train_writes_a_complete_run(tiny_run):
     meta = StudyScorer(run_dir / "model.onnx").model.metadata
     assert meta["labels"] == ["lesion", "normal"] and meta["preprocessing"]["crop"]["size"] == [32, 32, 32]
     assert meta["threshold"] == rule["threshold"] and meta["temperature"] == rule["temperature"]
+    assert meta["bias"] == rule["bias"] and len(rule["bias"]) == 2 and rule["bias"][0] == 0.0
 
 
 def test_onnx_matches_torch_on_a_preprocessed_study(tiny_run, tiny_data, tiny_cfg):
