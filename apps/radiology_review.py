@@ -99,8 +99,9 @@ def study_view(ctx: dict, s: dict, items: list[str]) -> None:
                     + (f" · p({ctx['pos']}) **{s['p_positive']:.3f}**" if s["p_positive"] is not None else ""))
         md = ctx["model_md"]
         if md:
-            st.caption(" · ".join(f"{k} {_num(md[k])}" for k in ("threshold", "review_band", "temperature")
-                                  if k in md))
+            st.caption(" · ".join(f"{k} {_num(md[k])}" for k in ("threshold", "review_low", "review_high",
+                                                                  "review_band", "temperature")
+                                  if md.get(k) is not None))
         st.caption(s["source"])
     with probs_col:
         if s["probabilities"]:

@@ -30,7 +30,7 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same studies."),
     size: int = typer.Option(None, "--size", min=16, help="Voxels per axis (e.g. 32 for tests); default: "
                              "clinical spacings."),
-    lesion_min: float = typer.Option(3.0, "--lesion-min", min=0.5, help="Smallest lesion radius, mm."),
+    lesion_min: float = typer.Option(2.0, "--lesion-min", min=0.5, help="Smallest lesion radius, mm."),
     lesion_max: float = typer.Option(6.0, "--lesion-max", min=0.5, help="Largest lesion radius, mm."),
 ) -> None:
     """Write phantom studies (head/torso, tissue layers, half with a small lesion) and manifest.csv."""

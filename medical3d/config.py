@@ -113,7 +113,8 @@ class DataConfig(StrictModel):
 
 class VerdictConfig(StrictModel):
     """Positive when p(positive) >= threshold, chosen on validation for ``target_sensitivity``; REVIEW when
-    p lies within ``review_band`` of the threshold."""
+    p lies within ``review_band`` of the threshold and between the validation negatives and positives nearest
+    to it (``medical3d.pipeline.review_edges``)."""
 
     target_sensitivity: float = Field(default=0.95, gt=0, le=1)
     review_band: float = Field(default=0.1, ge=0, lt=0.5)

@@ -190,6 +190,24 @@ def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, target_sensitivity: f
     return float(min(max(t, 0.0), 1.0))
 
 
+def review_edges(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float, band: float) -> tuple[float, float]:
+    """REVIEW band ``threshold -/+ band`` narrowed to what validation shows: the lower edge is raised to the highest
+    validation negative below the threshold, the upper edge lowered to the lowest validation positive at or above
+    it. A study scoring like the validation normals is not uncertain just because the model gives all normals one
+    score that happens to lie within ``band`` of the threshold (seen: every normal at p = 0.19 with the threshold
+    at 0.27 went to REVIEW). Studies between the two groups, where validation has no evidence, stay REVIEW."""
+    y = np.asarray(y_pos, bool)
+    p = np.asarray(p_pos, np.float64)
+    low, high = threshold - band, threshold + band
+    neg_below = p[~y & (p < threshold)]
+    pos_above = p[y & (p >= threshold)]
+    if len(neg_below):
+        low = max(low, float(np.nextafter(neg_below.max(), np.inf)))  # that negative itself stays negative
+    if len(pos_above):
+        high = min(high, float(pos_above.min()))
+    return float(min(low, threshold)), float(max(high, threshold))
+
+
 def decision_metrics(y: np.ndarray, probs: np.ndarray, rule: DecisionRule) -> dict:
     """AUROC, ECE, per-class metrics (argmax) plus accuracy, sensitivity, specificity and the confusion matrix
     at the run's threshold, and how many studies fall in the REVIEW band."""
@@ -276,6 +294,9 @@ def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | 
     if len(labels) == 2:
         rule.threshold = choose_threshold(val_targets == rule.positive_index, val_probs[:, rule.positive_index],
                                           cfg.verdict.target_sensitivity)
+        rule.review_low, rule.review_high = review_edges(val_targets == rule.positive_index,
+                                                         val_probs[:, rule.positive_index], rule.threshold,
+                                                         rule.review_band)
     val_metrics = decision_metrics(val_targets, val_probs, rule)
 
     model.eval().cpu()

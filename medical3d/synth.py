@@ -237,7 +237,7 @@ def _grid(rng: np.random.Generator, half_extent: float, size: int | None, dicom:
 
 
 def render_case(index: int, seed: int, label: str, modality: str, *, kind: Kind | None = None,
-                size: int | None = None, lesion_radius_mm: tuple[float, float] = (3.0, 6.0),
+                size: int | None = None, lesion_radius_mm: tuple[float, float] = (2.0, 6.0),
                 dicom: bool = False, oblique_prob: float = 0.3) -> tuple[sitk.Image, CaseSpec]:
     """Render one study. ``size`` (voxels per axis) overrides the clinical spacing ranges (tests: 32)."""
     rng = np.random.default_rng([seed, index])
@@ -303,7 +303,7 @@ def render_case(index: int, seed: int, label: str, modality: str, *, kind: Kind 
 
 
 def synth_dataset(out: str | Path, cases: int = 40, modality: str = "mri", seed: int = 0, *,
-                  size: int | None = None, lesion_radius_mm: tuple[float, float] = (3.0, 6.0),
+                  size: int | None = None, lesion_radius_mm: tuple[float, float] = (2.0, 6.0),
                   dicom_fraction: float | None = None, on_case=None) -> Path:
     """Write ``cases`` studies under ``out`` plus ``manifest.csv`` (``path,label``) and ``cases.jsonl``.
 

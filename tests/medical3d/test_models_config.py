@@ -103,3 +103,32 @@ def test_threshold_keeps_the_validation_margin():
     assert 0.2 < t < 0.9
     assert abs(np.log(t / (1 - t)) - (np.log(9) + np.log(0.25)) / 2) < 1e-6  # halfway in log-odds
     assert choose_threshold(y, np.array([0.99] * 4 + [0.995] * 4), 0.95) == pytest.approx(0.99)  # no margin
+
+
+def test_review_band_narrows_to_the_validation_evidence():
+    """All normals at one score within review_band of the threshold must not all go to REVIEW; a study between
+    the validation groups, where there is no evidence, must."""
+    import numpy as np
+
+    from medical3d.pipeline import choose_threshold, review_edges
+    from medical3d.verdict import DecisionRule
+
+    y = np.array([False] * 9 + [True] * 9)
+    p = np.array([0.19] * 8 + [0.20, 0.37, 0.5, 0.8, 0.9, 0.9, 0.95, 0.97, 0.98, 0.99])
+    t = choose_threshold(y, p, 0.95)
+    low, high = review_edges(y, p, t, 0.1)
+    assert 0.20 < low <= t <= high <= 0.37
+    rule = DecisionRule(labels=["lesion", "normal"], positive_label="lesion", threshold=t, review_band=0.1,
+                        temperature=1.0, review_low=low, review_high=high)
+    probs = lambda v: np.array([[v, 1 - v]])  # noqa: E731
+    assert rule.verdicts(probs(0.20)) == ["negative"] and rule.verdicts(probs(0.19)) == ["negative"]
+    assert rule.verdicts(probs(0.30)) == ["REVIEW"] and rule.verdicts(probs(0.37)) == ["positive"]
+    back = DecisionRule.from_metadata(rule.to_dict())
+    assert back.band == (low, high)
+    # without validation edges (older runs) the band is threshold -/+ review_band
+    old = DecisionRule(labels=["lesion", "normal"], positive_label="lesion", threshold=0.5, review_band=0.1,
+                       temperature=1.0)
+    assert old.band == (0.4, 0.6) and old.verdicts(probs(0.45)) == ["REVIEW"]
+    # overlapping validation groups: the band never gets wider than review_band, nor crosses the threshold
+    lo2, hi2 = review_edges(np.array([False, True, False, True]), np.array([0.6, 0.4, 0.2, 0.9]), 0.5, 0.1)
+    assert 0.4 <= lo2 <= 0.5 <= hi2 <= 0.6
