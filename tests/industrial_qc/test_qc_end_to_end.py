@@ -4,6 +4,7 @@ of both stages against their torch checkpoints."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,27 @@ def test_inspect_bad_source_and_bad_run_are_input_errors(tiny_run, tmp_path):
     assert "not a folder, file, glob or camera index" in str(result.exception)
     result = runner.invoke(app, ["inspect", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")])
     assert isinstance(result.exception, InputError) and "run.json" in str(result.exception)
+
+
+def test_eval_after_inspect_in_one_process_validates_the_checkpoint(tiny_run, tiny_data, line_folder, tmp_path):
+    """`qc inspect` puts the process on onnxruntime's shared pool, where Ultralytics' ONNX backend cannot make
+    sessions; eval in the same process validates the checkpoint detector.onnx was exported from instead."""
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # eval writes metrics.json: keep the shared run as it is
+    code = (
+        "import json\n"
+        "from pathlib import Path\n"
+        "from rich.console import Console\n"
+        "from common.inference import shared_pool_active\n"
+        "from industrial_qc.evaluate import evaluate_run\n"
+        "from industrial_qc.line import InspectOptions, run_line\n"
+        f"run_line(Path({str(run)!r}), {str(line_folder)!r}, Path({str(tmp_path / 'o')!r}), InspectOptions(),"
+        " console=Console(quiet=True))\n"
+        "assert shared_pool_active()\n"
+        f"m = evaluate_run(Path({str(run)!r}), Path({str(tiny_data)!r}), 'test', console=Console(quiet=True))\n"
+        "print(json.dumps(m['detector']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "YOLO_OFFLINE": "True"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    det = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert det["model"] == "detector_best.pt" and 0.0 <= det["mAP50"] <= 1.0
