@@ -45,6 +45,11 @@ class DetectorConfig(StrictModel):
     hsv_v: float = Field(default=0.4, ge=0, le=1)
     box: float = Field(default=7.5, gt=0)
     cls: float = Field(default=0.5, gt=0)
+    # Input transform (industrial_qc/flatfield.py): flat-field + contrast normalisation in front of the detector,
+    # in training and on the line; "none" feeds the raw image as plain Ultralytics does.
+    input_norm: Literal["flatfield", "none"] = "flatfield"
+    flatfield_sigma: float = Field(default=0.125, gt=0, le=1)  # background blur, fraction of the image side
+    flatfield_gain: float = Field(default=40.0, gt=0, le=127)  # output RMS in grey levels around 128
     nbs: int = Field(default=16, ge=1)  # nominal batch: 16 (not 64) = 4x more optimizer steps per CPU minute
     # Line-time confidence: chosen on val as the highest value in [min_conf, conf] that still finds
     # target_box_recall of the val defects among the max_det candidates; stage 2 removes the false alarms.

@@ -48,6 +48,26 @@ def build_model(cfg: DetectorConfig, weights: str | Path | None = None):
     return model
 
 
+def flatfield_params(cfg: DetectorConfig) -> dict | None:
+    """Keyword arguments of ``industrial_qc.flatfield.flatfield`` for this config, or None (raw input)."""
+    if cfg.input_norm == "none":
+        return None
+    return {"sigma": cfg.flatfield_sigma, "gain": cfg.flatfield_gain, "grid": 32}
+
+
+def detector_view(data_yaml: Path, splits: tuple[str, ...], imgsz: int, flatfield: dict | None, out: Path) -> Path:
+    """The dataset as the detector sees it: ``data_yaml`` itself for raw input, else a flat-fielded copy of
+    ``splits`` under ``out`` (Ultralytics trains and validates from files)."""
+    if flatfield is None:
+        return data_yaml
+    from industrial_qc.data import load_dataset
+    from industrial_qc.flatfield import write_flatfield_dataset
+
+    shutil.rmtree(out, ignore_errors=True)
+    ds = load_dataset(data_yaml, splits, required=())
+    return write_flatfield_dataset(ds, splits, out, imgsz, flatfield)
+
+
 def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: str, seed: int,
                minutes: float | None) -> dict:
     """Keyword arguments for ``YOLO.train``; ``minutes`` caps the wall time (Ultralytics' ``time`` in hours)."""
@@ -100,8 +120,13 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
 
         model.add_callback("on_fit_epoch_end", on_epoch)
     project = work_dir / "ultralytics"
+    view_dir = work_dir / "detector_data"
+    view = detector_view(data_yaml, ("train", "val"), cfg.imgsz, flatfield_params(cfg), view_dir)
+    if minutes is not None:  # the flat-fielded copy came out of the same budget
+        minutes = max(0.05, minutes - (time.monotonic() - t0) / 60)
     with progress if progress is not None else contextlib.nullcontext():
-        model.train(**train_args(cfg, data_yaml, project, device=device, seed=seed, minutes=minutes))
+        model.train(**train_args(cfg, view, project, device=device, seed=seed, minutes=minutes))
+    shutil.rmtree(view_dir, ignore_errors=True)
     trainer = model.trainer
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +168,9 @@ def export_detector(pt: Path, out: Path, cfg: DetectorConfig, labels: list[str],
         "input_shape": [1, 3, cfg.imgsz, cfg.imgsz],
         "input_dtype": "float32",
         "output_format": "(1, 4 + nc, anchors): cx, cy, w, h in input pixels, then per-class scores in [0, 1]",
-        "preprocessing": {"letterbox": True, "pad_value": 114, "color": "RGB", "scale": 1 / 255, "layout": "NCHW"},
+        "preprocessing": {"letterbox": True, "pad_value": 114, "color": "RGB", "scale": 1 / 255, "layout": "NCHW",
+                          # after the letterbox resize, before the padding (industrial_qc/flatfield.py)
+                          "flatfield": flatfield_params(cfg)},
         "conf": cfg.conf,
         "iou": cfg.iou,
         "max_det": cfg.max_det,
@@ -179,8 +206,9 @@ def choose_conf(dets: list, gt_boxes: list[np.ndarray], *, target_recall: float,
 
 
 def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int, project: Path,
-                      device: str = "cpu") -> dict:
-    """Ultralytics validation (mAP50 and mAP50-95, overall and per class) of a .pt or .onnx detector."""
+                      device: str = "cpu", flatfield: dict | None = None) -> dict:
+    """Ultralytics validation (mAP50 and mAP50-95, overall and per class) of a .pt or .onnx detector; with
+    ``flatfield`` (the detector's input transform) on a flat-fielded copy of the split."""
     from common.inference import shared_pool_active
 
     if model_path.suffix == ".onnx" and shared_pool_active():
@@ -192,9 +220,12 @@ def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int,
     YOLO = _yolo()
     model = YOLO(str(model_path), task="detect")
     batch = 1 if model_path.suffix == ".onnx" else 16
-    res = model.val(data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
+    view_dir = Path(project) / f"data_{split}_flatfield"
+    view = detector_view(data_yaml, (split,), imgsz, flatfield, view_dir)
+    res = model.val(data=str(view), split=split, imgsz=imgsz, batch=batch, device=device, plots=False,
                     project=str(Path(project).resolve()), name=f"val_{split}", exist_ok=True, verbose=False,
                     workers=0)
+    shutil.rmtree(view_dir, ignore_errors=True)
     names = res.names
     per_class = {}
     ap50 = res.box.ap50 if len(res.box.ap_class_index) else []

@@ -119,7 +119,8 @@ def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console
 
         resolved = write_resolved_yaml(ds, run_dir / "eval" / f"data_{split}.yaml")
         metrics["detector"] = validate_detector(run_dir / "detector.onnx", resolved, split,
-                                                pipe.detector.imgsz[0], run_dir / "eval")
+                                                pipe.detector.imgsz[0], run_dir / "eval",
+                                                flatfield=pipe.detector.flatfield)
     metrics["classifier"] = classifier_gt_metrics(pipe, samples)
     results = run_pipeline_on(pipe, samples)
     metrics["pipeline"] = pipeline_metrics(results, samples, names, iou_thr)

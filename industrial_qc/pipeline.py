@@ -1,7 +1,7 @@
 """Two-stage inference from a run directory, on onnxruntime only (no torch import on this path).
 
-image (H, W, 3) uint8 BGR -> letterbox -> detector.onnx -> decode + NMS -> padded square crops ->
-classifier.onnx (one batch per image) -> temperature softmax -> verdict rule -> one result dict.
+image (H, W, 3) uint8 BGR -> letterbox (resize, flat-field, pad) -> detector.onnx -> decode + NMS -> padded square
+crops -> classifier.onnx (one batch per image) -> temperature softmax -> verdict rule -> one result dict.
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ from common.inference import OnnxModel
 from common.metrics import softmax
 from common.rundir import read_run_json
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, crops_for_boxes, to_tensor_batch
+from industrial_qc.flatfield import flatfield
 from industrial_qc.verdict import part_verdict
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 
 
 # ------------------------------------------------------------------------------------------------ detector
-def letterbox(img: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Resize keeping aspect ratio and pad (grey 114) to ``size`` (h, w), centred as Ultralytics does.
+def letterbox(img: np.ndarray, size: tuple[int, int], flatfield_params: dict | None = None
+              ) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping aspect ratio and pad (grey 114) to ``size`` (h, w), centred as Ultralytics does; with
+    ``flatfield_params`` the resized image is flat-fielded before the padding (the detector's input transform).
 
     Returns the padded image, the scale ``r`` and the padding (left, top) so boxes map back with
     ``(xy - pad) / r``.
@@ -35,6 +38,8 @@ def letterbox(img: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float
     nw, nh = round(w * r), round(h * r)
     if (nw, nh) != (w, h):
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if flatfield_params is not None:
+        img = flatfield(img, **flatfield_params)
     dw, dh = (size[1] - nw) / 2, (size[0] - nh) / 2
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
@@ -103,10 +108,12 @@ class OnnxDetector:
         self.conf = float(md.get("conf", 0.05))
         self.iou = float(md.get("iou", 0.5))
         self.max_det = int(md.get("max_det", 20))
+        # runs exported before the transform existed have no "flatfield" entry: raw input
+        self.flatfield: dict | None = (md.get("preprocessing") or {}).get("flatfield")
 
     def __call__(self, img: np.ndarray, conf: float | None = None, iou: float | None = None,
                  max_det: int | None = None) -> Detections:
-        padded, r, (left, top) = letterbox(img, self.imgsz)
+        padded, r, (left, top) = letterbox(img, self.imgsz, self.flatfield)
         x = padded[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) * (1.0 / 255.0)
         out = self.model.run(x)
         det = decode(out, self.conf if conf is None else conf, self.iou if iou is None else iou,

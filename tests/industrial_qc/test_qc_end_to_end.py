@@ -75,7 +75,7 @@ def test_detector_onnx_matches_torch(tiny_run, tiny_data):
     net = YOLO(str(tiny_run / "checkpoints" / "detector_best.pt")).model.float().eval()
     det = OnnxDetector(tiny_run / "detector.onnx")
     img = read_image(load_dataset(tiny_data).split("val")[0].image)
-    padded, _, _ = letterbox(img, det.imgsz)
+    padded, _, _ = letterbox(img, det.imgsz, det.flatfield)
     x = np.ascontiguousarray(padded[..., ::-1].transpose(2, 0, 1)[None], np.float32) / 255.0
     with torch.no_grad():
         ref = net(torch.from_numpy(x))
