@@ -52,7 +52,8 @@ class DetectorConfig(StrictModel):
     flatfield_gain: float = Field(default=40.0, gt=0, le=127)  # output RMS in grey levels around 128
     nbs: int = Field(default=16, ge=1)  # nominal batch: 16 (not 64) = 4x more optimizer steps per CPU minute
     # Line-time confidence: chosen on val as the highest value in [min_conf, conf] that still finds
-    # target_box_recall of the val defects among the max_det candidates; stage 2 removes the false alarms.
+    # target_box_recall of the val defects the detector finds at min_conf among the max_det candidates; stage 2
+    # removes the false alarms.
     conf: float = Field(default=0.05, gt=0, lt=1)
     min_conf: float = Field(default=0.001, gt=0, lt=1)
     target_box_recall: float = Field(default=0.98, gt=0, le=1)

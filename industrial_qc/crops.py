@@ -115,13 +115,15 @@ def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt
 
 
 def hard_negative_boxes(det_boxes: np.ndarray, det_scores: np.ndarray, gt: np.ndarray, k: int,
-                        max_iou: float = 0.1) -> np.ndarray:
-    """The ``k`` highest-scoring detections that match no ground-truth box (IoU < ``max_iou``)."""
+                        margin: float = 0.25) -> np.ndarray:
+    """The ``k`` highest-scoring detections that touch no ground-truth box grown by ``margin`` of its size (the
+    rule random background windows follow). A low IoU is not enough: a candidate on one end of a long scratch
+    has IoU < 0.1 with the scratch's box, yet its crop shows the scratch, and teaching it as background teaches
+    the classifier to dismiss scratches."""
     if len(det_boxes) == 0 or k == 0:
         return np.zeros((0, 4), np.float32)
     if len(gt):
-        iou = box_iou(det_boxes, gt).max(axis=1)
-        keep = iou < max_iou
+        keep = np.array([not _overlaps_any(b, gt, margin) for b in np.asarray(det_boxes, np.float32)], bool)
         det_boxes, det_scores = det_boxes[keep], det_scores[keep]
     order = np.argsort(-det_scores)[:k]
     return det_boxes[order].astype(np.float32)

@@ -184,8 +184,13 @@ def export_detector(pt: Path, out: Path, cfg: DetectorConfig, labels: list[str],
 
 def choose_conf(dets: list, gt_boxes: list[np.ndarray], *, target_recall: float, iou_thr: float, floor: float,
                 ceiling: float) -> tuple[float, float]:
-    """Highest confidence in [floor, ceiling] at which ``target_recall`` of the ground-truth boxes overlap
-    (IoU >= iou_thr) a kept detection; ``dets`` were made at ``floor``. Returns (conf, box recall at conf)."""
+    """Highest confidence in [floor, ceiling] that keeps ``target_recall`` of the ground-truth boxes the
+    detector finds at all (IoU >= iou_thr with a detection made at ``floor``). Returns (conf, box recall at
+    conf over all boxes).
+
+    Relative to what is findable, not to all boxes: a detector that finds 89 % of the val defects at the floor
+    would otherwise never reach 98 %, stay at the floor and send max_det candidates per part to stage 2
+    (measured: 10.8 crops per part at conf 0.001 against 6.3 at 0.005, with the same 92 of 103 boxes found)."""
     from industrial_qc.crops import box_iou
 
     best = []
@@ -199,10 +204,13 @@ def choose_conf(dets: list, gt_boxes: list[np.ndarray], *, target_recall: float,
         best += list(np.where(hit, d.scores[None, :], 0.0).max(axis=1))
     if not best:
         return ceiling, float("nan")
-    s = np.sort(np.array(best))[::-1]
-    k = min(len(s) - 1, max(0, int(np.ceil(target_recall * len(s))) - 1))
-    conf = float(np.clip(s[k], floor, ceiling))
-    return conf, float((s >= conf).mean())
+    scores = np.array(best)
+    found = np.sort(scores[scores > 0])[::-1]
+    if len(found) == 0:
+        return floor, 0.0
+    k = min(len(found) - 1, max(0, int(np.ceil(target_recall * len(found))) - 1))
+    conf = float(np.clip(found[k], floor, ceiling))
+    return conf, float((scores >= conf).mean())
 
 
 def validate_detector(model_path: Path, data_yaml: Path, split: str, imgsz: int, project: Path,

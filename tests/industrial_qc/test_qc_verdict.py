@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from industrial_qc.crops import box_iou, crops_for_boxes, square_regions
+from industrial_qc.crops import box_iou, crops_for_boxes, hard_negative_boxes, square_regions
 from industrial_qc.pipeline import decode, letterbox, nms
 from industrial_qc.verdict import choose_thresholds, part_rates, part_verdict
 
@@ -95,3 +95,34 @@ def test_square_crops_have_context_and_reflect_at_the_border():
 def test_box_iou():
     iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
     np.testing.assert_allclose(iou[0], [1.0, 1 / 3, 0.0], atol=1e-6)
+
+
+def test_hard_negatives_never_touch_a_defect():
+    gt = np.array([[0, 0, 100, 100]], np.float32)  # the box of a long diagonal scratch
+    dets = np.array([[0, 0, 15, 15],  # one end of the scratch: IoU 0.02, but its crop shows the scratch
+                     [110, 0, 130, 20],  # just outside, within the 25 % margin
+                     [200, 200, 230, 230], [150, 200, 170, 220], [300, 10, 320, 30]], np.float32)
+    scores = np.array([0.9, 0.8, 0.3, 0.5, 0.1], np.float32)
+    assert box_iou(dets[:1], gt)[0, 0] < 0.1
+    hn = hard_negative_boxes(dets, scores, gt, k=2)
+    np.testing.assert_array_equal(hn, dets[[3, 2]])  # the two best clean ones, best first
+    assert len(hard_negative_boxes(dets, scores, np.zeros((0, 4), np.float32), k=10)) == 5
+
+
+def test_line_confidence_keeps_the_target_share_of_findable_defects():
+    from industrial_qc.detector import choose_conf
+    from industrial_qc.pipeline import Detections
+
+    gt = [np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32), np.array([[0, 0, 10, 10], [80, 80, 90, 90]],
+                                                                              np.float32), np.zeros((0, 4))]
+    dets = [Detections(np.array([[0, 0, 10, 10], [50, 50, 60, 61]], np.float32), np.array([0.5, 0.2], np.float32),
+                       np.zeros(2, np.int64)),
+            Detections(np.array([[1, 1, 10, 10], [30, 30, 40, 40]], np.float32), np.array([0.004, 0.9], np.float32),
+                       np.zeros(2, np.int64)),  # the box at (80, 80) is never found
+            Detections()]
+    kw = dict(iou_thr=0.3, floor=0.001, ceiling=0.5)
+    conf, recall = choose_conf(dets, gt, target_recall=0.98, **kw)
+    assert conf == np.float32(0.004) and recall == 0.75  # all 3 findable boxes kept, not stuck at the floor
+    conf, recall = choose_conf(dets, gt, target_recall=0.6, **kw)
+    assert conf == np.float32(0.2) and recall == 0.5
+    assert choose_conf([Detections()], [gt[0]], target_recall=0.98, **kw) == (0.001, 0.0)
