@@ -55,9 +55,10 @@ def flatfield_params(cfg: DetectorConfig) -> dict | None:
     return {"sigma": cfg.flatfield_sigma, "gain": cfg.flatfield_gain, "grid": 32}
 
 
-def detector_view(data_yaml: Path, splits: tuple[str, ...], imgsz: int, flatfield: dict | None, out: Path) -> Path:
+def detector_view(data_yaml: Path, splits: tuple[str, ...], imgsz: int, flatfield: dict | None, out: Path,
+                  progress=None) -> Path:
     """The dataset as the detector sees it: ``data_yaml`` itself for raw input, else a flat-fielded copy of
-    ``splits`` under ``out`` (Ultralytics trains and validates from files)."""
+    ``splits`` under ``out`` (Ultralytics trains and validates from files). ``progress(done, total)``."""
     if flatfield is None:
         return data_yaml
     from industrial_qc.data import load_dataset
@@ -65,7 +66,7 @@ def detector_view(data_yaml: Path, splits: tuple[str, ...], imgsz: int, flatfiel
 
     shutil.rmtree(out, ignore_errors=True)
     ds = load_dataset(data_yaml, splits, required=())
-    return write_flatfield_dataset(ds, splits, out, imgsz, flatfield)
+    return write_flatfield_dataset(ds, splits, out, imgsz, flatfield, progress)
 
 
 def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: str, seed: int,
@@ -121,10 +122,18 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
         model.add_callback("on_fit_epoch_end", on_epoch)
     project = work_dir / "ultralytics"
     view_dir = work_dir / "detector_data"
-    view = detector_view(data_yaml, ("train", "val"), cfg.imgsz, flatfield_params(cfg), view_dir)
-    if minutes is not None:  # the flat-fielded copy came out of the same budget
-        minutes = max(0.05, minutes - (time.monotonic() - t0) / 60)
     with progress if progress is not None else contextlib.nullcontext():
+        on_image = None
+        if progress is not None and flatfield_params(cfg) is not None:
+            ff_task = add_task(progress, "flat-field", total=None)
+
+            def on_image(done: int, total: int) -> None:
+                progress.update(ff_task, completed=done, total=total)
+                update_rate(progress, ff_task, "img")
+
+        view = detector_view(data_yaml, ("train", "val"), cfg.imgsz, flatfield_params(cfg), view_dir, on_image)
+        if minutes is not None:  # the flat-fielded copy came out of the same budget
+            minutes = max(0.05, minutes - (time.monotonic() - t0) / 60)
         model.train(**train_args(cfg, view, project, device=device, seed=seed, minutes=minutes))
     shutil.rmtree(view_dir, ignore_errors=True)
     trainer = model.trainer

@@ -59,10 +59,11 @@ def write_flatfield_dataset(ds, splits: tuple[str, ...], out: Path, imgsz: int, 
     ``imgsz``, flat-fielded, lossless PNG) with the same labels; returns its ``data.yaml``.
 
     ``ds``: an ``industrial_qc.data.Dataset``; ``params``: keyword arguments of ``flatfield``;
-    ``progress``: optional callable() per image."""
+    ``progress``: optional callable(done, total) after each image."""
     from industrial_qc.data import read_image
 
     out = Path(out)
+    total, done = sum(len(ds.split(split)) for split in splits), 0
     for split in splits:
         img_dir, lbl_dir = out / "images" / split, out / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -76,8 +77,9 @@ def write_flatfield_dataset(ds, splits: tuple[str, ...], out: Path, imgsz: int, 
                                          for b in s.boxes))
             else:
                 label.unlink(missing_ok=True)
+            done += 1
             if progress is not None:
-                progress()
+                progress(done, total)
     entries = {split: f"images/{split}" for split in splits}
     for key in ("train", "val"):  # Ultralytics insists on both keys, even to validate one other split
         entries.setdefault(key, entries[splits[0]])
