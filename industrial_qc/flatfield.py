@@ -20,6 +20,7 @@ ONNX metadata (``preprocessing.flatfield``).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -44,13 +45,15 @@ def flatfield(img: np.ndarray, sigma: float = 0.125, gain: float = 40.0, grid: i
     return cv2.addWeighted(residual, gain / rms, residual, 0.0, 128.0, dtype=cv2.CV_8U).reshape(img.shape)
 
 
-def fit_to(img: np.ndarray, imgsz: int) -> np.ndarray:
-    """Resize so the longer side is ``imgsz`` (the letterbox resize, without the padding)."""
+def fit_to(img: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Resize keeping the aspect ratio to fit ``size`` (h, w): the letterbox resize without the padding, shared
+    by the line and the training copies so both feed the same pixels. Returns (image, scale)."""
     h, w = img.shape[:2]
-    r = imgsz / max(h, w)
-    if r == 1:
-        return img
-    return cv2.resize(img, (round(w * r), round(h * r)), interpolation=cv2.INTER_LINEAR)
+    r = min(size[0] / h, size[1] / w)
+    nw, nh = round(w * r), round(h * r)
+    if (nw, nh) != (w, h):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return img, r
 
 
 def write_flatfield_dataset(ds, splits: tuple[str, ...], out: Path, imgsz: int, params: dict,
@@ -70,13 +73,10 @@ def write_flatfield_dataset(ds, splits: tuple[str, ...], out: Path, imgsz: int, 
         lbl_dir.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(ds.split(split)):
             stem = f"{i:06d}_{s.image.stem}"  # the index keeps same-named files of sub-folders apart
-            cv2.imwrite(str(img_dir / f"{stem}.png"), flatfield(fit_to(read_image(s.image), imgsz), **params))
-            label = lbl_dir / f"{stem}.txt"
-            if s.defective:
-                label.write_text("".join(f"{int(b[0])} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f} {b[4]:.6f}\n"
-                                         for b in s.boxes))
-            else:
-                label.unlink(missing_ok=True)
+            resized, _ = fit_to(read_image(s.image), (imgsz, imgsz))
+            cv2.imwrite(str(img_dir / f"{stem}.png"), flatfield(resized, **params))
+            if s.label is not None:  # validated already; a good part keeps having no label file
+                shutil.copyfile(s.label, lbl_dir / f"{stem}.txt")
             done += 1
             if progress is not None:
                 progress(done, total)

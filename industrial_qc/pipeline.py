@@ -18,7 +18,7 @@ from common.inference import OnnxModel
 from common.metrics import softmax
 from common.rundir import read_run_json
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, crops_for_boxes, to_tensor_batch
-from industrial_qc.flatfield import flatfield
+from industrial_qc.flatfield import fit_to, flatfield
 from industrial_qc.verdict import part_verdict
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
@@ -33,11 +33,8 @@ def letterbox(img: np.ndarray, size: tuple[int, int], flatfield_params: dict | N
     Returns the padded image, the scale ``r`` and the padding (left, top) so boxes map back with
     ``(xy - pad) / r``.
     """
-    h, w = img.shape[:2]
-    r = min(size[0] / h, size[1] / w)
-    nw, nh = round(w * r), round(h * r)
-    if (nw, nh) != (w, h):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    img, r = fit_to(img, size)
+    nh, nw = img.shape[:2]
     if flatfield_params is not None:
         img = flatfield(img, **flatfield_params)
     dw, dh = (size[1] - nw) / 2, (size[0] - nh) / 2

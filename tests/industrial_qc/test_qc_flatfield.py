@@ -41,8 +41,10 @@ def test_flatfield_keeps_a_blank_frame_blank():
 
 def test_fit_to_matches_the_letterbox_resize():
     img = np.zeros((100, 200, 3), np.uint8)
-    assert fit_to(img, 64).shape == (32, 64, 3)
-    assert fit_to(img, 200) is img
+    small, r = fit_to(img, (64, 64))
+    assert small.shape == (32, 64, 3) and r == 64 / 200
+    assert letterbox(img, (64, 64))[0][16:48].shape == small.shape
+    assert fit_to(img, (200, 200))[0] is img
 
 
 def test_flatfield_dataset_copy_keeps_labels_and_good_parts(tiny_data, tmp_path):
@@ -56,7 +58,7 @@ def test_flatfield_dataset_copy_keeps_labels_and_good_parts(tiny_data, tmp_path)
     for a, b in zip(src, dst, strict=True):
         assert a.defective == b.defective
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-6)
-        expected = flatfield(fit_to(read_image(a.image), 64), **params)
+        expected = flatfield(fit_to(read_image(a.image), (64, 64))[0], **params)
         assert np.array_equal(cv2.imread(str(b.image)), expected)  # PNG: lossless
 
 
@@ -65,6 +67,7 @@ def test_the_line_feeds_the_detector_what_it_was_trained_on(tiny_run, tiny_data)
     assert det.flatfield == {"sigma": 0.125, "gain": 40.0, "grid": 32}
     img = read_image(load_dataset(tiny_data).split("val")[0].image)
     padded, _, (left, top) = letterbox(img, det.imgsz, det.flatfield)
-    h, w = fit_to(img, det.imgsz[0]).shape[:2]
+    resized, _ = fit_to(img, det.imgsz)
+    h, w = resized.shape[:2]
     content = padded[top : top + h, left : left + w]
-    assert np.array_equal(content, flatfield(fit_to(img, det.imgsz[0]), **det.flatfield))
+    assert np.array_equal(content, flatfield(resized, **det.flatfield))
