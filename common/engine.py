@@ -1,8 +1,9 @@
 """One supervised classification training loop, used by the 2D crop classifier and the 3D study CNN.
 
 ``train_one_epoch`` and ``evaluate`` are the pieces; ``fit`` runs them with AdamW/SGD, cosine annealing with
-warm restarts, class-weighted cross-entropy or focal loss, gradient clipping, mixed precision on CUDA, early
-stopping on a validation metric, optional staged unfreezing, best/last checkpoints and resume.
+warm restarts (with a deadline, the first cycle is fitted to the time left), class-weighted cross-entropy or
+focal loss, gradient clipping, mixed precision on CUDA, early stopping on a validation metric, optional staged
+unfreezing, best/last checkpoints and resume.
 
 Loaders yield ``(x, y)``: ``x`` a float tensor (B, C, H, W) or (B, C, D, H, W), ``y`` (B,) int64 class indices.
 """
@@ -49,6 +50,9 @@ class TrainConfig(StrictModel):
     t0: int = Field(default=10, ge=1)  # epochs in the first cosine cycle
     t_mult: int = Field(default=1, ge=1)
     min_lr: float = Field(default=1e-6, ge=0)
+    # With a deadline, shorten the first cosine cycle (re-estimated after every epoch from the measured epoch time)
+    # so the learning rate has annealed when time runs out, instead of stopping mid-cycle at a high rate.
+    fit_cycle_to_deadline: bool = True
     loss: Literal["ce", "focal"] = "ce"
     class_weighting: Literal["none", "balanced"] = "balanced"
     focal_gamma: float = Field(default=2.0, ge=0)
@@ -168,6 +172,25 @@ def _build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epo
     # Stepped once per batch with a fractional epoch, so T_0 is in epochs.
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0, T_mult=cfg.t_mult,
                                                                 eta_min=cfg.min_lr)
+
+
+def fit_cycle_to_deadline(scheduler, epochs_done: int, epoch_seconds: float, seconds_left: float,
+                          epochs_planned: int) -> int | None:
+    """Fit ``scheduler``'s first cosine cycle (CosineAnnealingWarmRestarts stepped with fractional epochs,
+    counted from the start of the stage) to a deadline; returns the cycle length in epochs, or None when the
+    first cycle as configured is over (warm restarts then proceed as configured).
+
+    Called after every epoch with the measured epoch time: the cycle ends with the epoch the deadline falls in
+    (cut short at the deadline, near the minimum learning rate), never before the next epoch, and never later
+    than the configured ``T_0`` or the stage's planned epochs."""
+    configured = getattr(scheduler, "configured_T_0", None) or getattr(scheduler, "T_0", 0)
+    if scheduler is None or epochs_done < 1 or epochs_done >= configured:
+        return None
+    fit = epochs_done + max(1, math.ceil(seconds_left / max(epoch_seconds, 1e-9)))
+    cycle = max(epochs_done + 1, min(configured, fit, epochs_planned))
+    scheduler.configured_T_0 = configured  # kept in the scheduler's state_dict, so a resume sees it
+    scheduler.T_0 = scheduler.T_i = cycle
+    return cycle
 
 
 def _epoch_plan(cfg: TrainConfig) -> list[tuple[int, float, list[str]]]:
@@ -383,6 +406,7 @@ def fit(
                     if scheduler is not None and state.get("scheduler"):
                         scheduler.load_state_dict(state["scheduler"])
                 current_stage = stage
+                stage_clock, stage_clock_epochs = time.monotonic(), 0
             # The scheduler counts epochs from the start of its stage.
             stage_epoch = epoch - next(i for i, p in enumerate(plan) if p[0] == stage)
             batch_task = add_task(progress, f"  epoch {epoch + 1}/{len(plan)}", total=steps)
@@ -396,6 +420,11 @@ def fit(
                                  deadline=deadline)
             progress.remove_task(batch_task)
             ev = evaluate(model, val_loader, device, eval_loss_fn, labels)
+            stage_clock_epochs += 1
+            if deadline is not None and cfg.fit_cycle_to_deadline and cfg.scheduler == "cosine_warm_restarts":
+                now = time.monotonic()
+                fit_cycle_to_deadline(scheduler, stage_epoch + 1, (now - stage_clock) / stage_clock_epochs,
+                                      deadline - now, sum(1 for p in plan if p[0] == stage))
             score = _score(ev.metrics, ev.loss, cfg.monitor)
             row = {"epoch": epoch + 1, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
                    "train_loss": tr["loss"], "val_loss": ev.loss, "val_accuracy": ev.metrics["accuracy"],

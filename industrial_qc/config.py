@@ -83,7 +83,7 @@ class ClassifierConfig(StrictModel):
     stem: Literal["standard", "no_maxpool"] = "standard"
     crop_size: int = Field(default=64, ge=16)
     normalize: Literal["per_crop", "imagenet"] = "per_crop"  # see industrial_qc.crops.to_tensor_batch
-    context: float = Field(default=0.3, ge=0, le=3)  # padding each side, as a fraction of the box's longer side
+    context: float = Field(default=0.15, ge=0, le=3)  # padding each side, as a fraction of the box's longer side
     min_crop: float = Field(default=0.06, gt=0, le=1)  # smallest crop side, as a fraction of the image's shorter side
     background_per_defect: float = Field(default=1.0, ge=0)  # random defect-free windows per ground-truth crop
     hard_negatives: bool = True

@@ -1,3 +1,4 @@
+import itertools
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from common.engine import (
     balanced_class_weights,
     evaluate,
     fit,
+    fit_cycle_to_deadline,
     load_checkpoint,
 )
 from common.metrics import expected_calibration_error, softmax
@@ -59,6 +61,48 @@ def test_deadline_stops_training_cleanly(tmp_path, toy_loaders):
     assert res.stopped_reason == "time budget reached"
     assert len(res.history) == 1 and res.history[0]["partial"]
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+
+
+class _SlowBatches(TensorDataset):
+    """A toy dataset whose items take a fixed time to load, so an epoch has a known, stable duration."""
+
+    def __getitem__(self, i):
+        time.sleep(0.004)
+        return super().__getitem__(i)
+
+
+def test_deadline_fits_the_cosine_cycle_so_the_rate_has_annealed(tmp_path):
+    # A configured cycle of 200 epochs would stop at a high learning rate when the time runs out after a few; the
+    # cycle is re-fitted after every epoch so the last epochs run near the minimum rate.
+    x, y = blobs(64, 0)
+    train = DataLoader(_SlowBatches(x, y), batch_size=16)  # ~0.25 s per epoch
+    val = DataLoader(TensorDataset(*blobs(32, 1)), batch_size=32)
+    cfg = TrainConfig(epochs=200, t0=200, lr=1e-2, min_lr=0.0, patience=200)
+    res = fit(TinyNet(), train, val, cfg, tmp_path, ["a", "b"], deadline=time.monotonic() + 2.5)
+    assert res.stopped_reason == "time budget reached"
+    lrs = [h["lr"] for h in res.history]
+    assert 3 <= len(lrs) < 200
+    assert lrs[-1] < 0.25 * cfg.lr, lrs
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs)), lrs  # no restart on the way
+    state = load_checkpoint(tmp_path / "last.pt")["scheduler"]
+    assert state["configured_T_0"] == 200 and state["T_0"] < 200
+
+    # Without a deadline the configured cycle stands.
+    res = fit(TinyNet(), train, val, TrainConfig(epochs=2, t0=200, lr=1e-2, patience=9), tmp_path / "b", ["a", "b"])
+    assert res.history[-1]["lr"] > 0.99 * 1e-2
+
+
+def test_fit_cycle_to_deadline_rules():
+    opt = torch.optim.AdamW(TinyNet().parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=60, eta_min=0.0)
+    assert fit_cycle_to_deadline(sched, 1, epoch_seconds=10, seconds_left=95, epochs_planned=60) == 11
+    assert fit_cycle_to_deadline(sched, 5, epoch_seconds=10, seconds_left=300, epochs_planned=60) == 35  # regrows
+    assert fit_cycle_to_deadline(sched, 5, epoch_seconds=10, seconds_left=9999, epochs_planned=60) == 60  # capped
+    assert fit_cycle_to_deadline(sched, 5, epoch_seconds=10, seconds_left=9999, epochs_planned=20) == 20
+    assert fit_cycle_to_deadline(sched, 9, epoch_seconds=10, seconds_left=0, epochs_planned=60) == 10  # >= next
+    sched.step(9.5)
+    assert opt.param_groups[0]["lr"] < 0.01  # the cut-short last epoch runs near the minimum
+    assert fit_cycle_to_deadline(sched, 60, epoch_seconds=10, seconds_left=500, epochs_planned=120) is None
 
 
 def test_staged_unfreezing_trains_head_first(tmp_path, toy_loaders):
