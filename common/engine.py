@@ -190,6 +190,9 @@ def fit_cycle_to_deadline(scheduler, epochs_done: int, epoch_seconds: float, sec
     cycle = max(epochs_done + 1, min(configured, fit, epochs_planned))
     scheduler.configured_T_0 = configured  # kept in the scheduler's state_dict, so a resume sees it
     scheduler.T_0 = scheduler.T_i = cycle
+    # Re-set the rate for where we are on the new cycle: the last step of an epoch that ended a cycle exactly
+    # left the rate at its restart value, which the next epoch's first batch would otherwise use.
+    scheduler.step(epochs_done)
     return cycle
 
 
