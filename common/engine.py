@@ -183,8 +183,10 @@ def fit_cycle_to_deadline(scheduler, epochs_done: int, epoch_seconds: float, sec
     Called after every epoch with the measured epoch time: the cycle ends with the epoch the deadline falls in
     (cut short at the deadline, near the minimum learning rate), never before the next epoch, and never later
     than the configured ``T_0`` or the stage's planned epochs."""
-    configured = getattr(scheduler, "configured_T_0", None) or getattr(scheduler, "T_0", 0)
-    if scheduler is None or epochs_done < 1 or epochs_done >= configured:
+    if scheduler is None:
+        return None
+    configured = getattr(scheduler, "configured_T_0", scheduler.T_0)
+    if epochs_done < 1 or epochs_done >= configured:
         return None
     fit = epochs_done + max(1, math.ceil(seconds_left / max(epoch_seconds, 1e-9)))
     cycle = max(epochs_done + 1, min(configured, fit, epochs_planned))
