@@ -73,10 +73,10 @@ def simple_crop(img: np.ndarray, box: list[float], context: float = 0.5, size: i
 
 
 class ClassifierView:
-    """The run's ``classifier.onnx`` applied to a part's boxes: the same crops stage 2 saw, all class probabilities.
+    """The run's line classifier applied to a part's boxes: the same crops stage 2 saw, all class probabilities.
 
-    Crop geometry (``crop_size``, ``context``, ``min_crop``), normalisation and temperature come from the ONNX
-    metadata, as in ``industrial_qc.pipeline.OnnxClassifier``.
+    Crop geometry (``crop_size``, ``context``, ``min_crop``), normalisation (``normalize``: per_crop or
+    imagenet) and temperature come from the ONNX metadata, as in ``industrial_qc.pipeline.OnnxClassifier``.
     """
 
     def __init__(self, path: Path) -> None:
@@ -91,6 +91,7 @@ class ClassifierView:
         self.mean = tuple(md.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(md.get("std", (0.229, 0.224, 0.225)))
         self.temperature = float(md.get("temperature", 1.0))
+        self.normalize = str(md.get("normalize", "imagenet"))
 
     def crops(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         from industrial_qc.crops import crops_for_boxes  # cv2 + numpy only
@@ -103,7 +104,8 @@ class ClassifierView:
 
         if len(crops_bgr) == 0:
             return np.zeros((0, len(self.labels)))
-        z = self.model.run(to_tensor_batch(crops_bgr, self.mean, self.std)).astype(np.float64) / self.temperature
+        x = to_tensor_batch(crops_bgr, self.mean, self.std, self.normalize)
+        z = self.model.run(x).astype(np.float64) / self.temperature
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)

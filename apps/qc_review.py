@@ -46,15 +46,17 @@ def _classifier(path: str, stamp: float) -> ClassifierView:
     return ClassifierView(Path(path))
 
 
-def load_models(run_dir: Path | None) -> tuple[ClassifierView | None, str | None]:
-    """The run's classifier for the crop view, or why it is not available (the app works without it)."""
+def load_models(run_dir: Path | None, run: dict | None = None) -> tuple[ClassifierView | None, str | None]:
+    """The classifier the line ran (run.json ``artifacts.line_classifier``, else ``classifier.onnx``) for the crop
+    view, or why it is not available (the app works without it)."""
     if run_dir is None or not run_dir.is_dir():
         return None, None  # already reported with the run
-    missing = [n for n in ("detector.onnx", "classifier.onnx") if not (run_dir / n).is_file()]
+    line_classifier = ((run or {}).get("artifacts") or {}).get("line_classifier") or "classifier.onnx"
+    missing = [n for n in ("detector.onnx", line_classifier) if not (run_dir / n).is_file()]
     if missing:
         return None, (f"{run_dir}: run has no {' or '.join(missing)}; showing the probabilities stored in the "
                       "results (crop re-classification is off)")
-    path = run_dir / "classifier.onnx"
+    path = run_dir / line_classifier
     try:
         return _classifier(str(path), mtime(path)), None
     except InputError as exc:
@@ -310,7 +312,7 @@ def main() -> None:
     run, run_err = load_run(src.run_dir, "industrial_qc")
     if run_err:
         st.error(run_err)
-    clf, model_err = load_models(src.run_dir) if run is not None else (None, None)
+    clf, model_err = load_models(src.run_dir, run) if run is not None else (None, None)
     if model_err:
         st.error(model_err)
     parts = load_results_or_stop(src.results, lambda: _load_parts(str(src.results), mtime(src.results)),

@@ -140,3 +140,43 @@ def export_onnx(
                               f"(relative {max_rel:.3g} > {rtol:g})")
     model.to(device).train(was_training)
     return ExportReport(path, max_abs, max_rel, opset)
+
+
+def quantize_int8(src: Path | str, dst: Path | str, batches: list[np.ndarray], metadata: dict[str, Any]) -> Path:
+    """Static int8 copy of the fp32 ONNX model ``src`` at ``dst`` (QDQ, per-channel int8 weights, uint8
+    activations with MinMax ranges from ``batches``, inputs of the model's first input) with ``src``'s metadata
+    plus ``metadata``. On CPUs with VNNI (AVX512/AVX-VNNI) onnxruntime runs it on int8 kernels, about 4x faster
+    than fp32 for a ResNet18 on 64 px crops; callers check its agreement with ``src`` before using it."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    if not batches:
+        raise ExportError(f"{src}: no calibration data for int8 quantization")
+    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: np.ascontiguousarray(x, np.float32)}
+
+    with tempfile.TemporaryDirectory(prefix="vsuite-quant-") as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        try:
+            quant_pre_process(str(src), str(pre))
+            quantize_static(str(pre), str(q), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise ExportError(f"{src}: int8 quantization failed: {exc}") from exc
+        proto = onnx.load(str(q))
+        kept = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+        set_metadata(proto, {**kept, **{k: _encode(v) for k, v in metadata.items()}})
+        tmp_dst = dst.with_name(dst.name + ".tmp")
+        onnx.save(proto, str(tmp_dst))
+        tmp_dst.replace(dst)
+    return dst

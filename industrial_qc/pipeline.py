@@ -1,7 +1,8 @@
 """Two-stage inference from a run directory, on onnxruntime only (no torch import on this path).
 
 image (H, W, 3) uint8 BGR -> letterbox (resize, flat-field, pad) -> detector.onnx -> decode + NMS -> padded square
-crops -> classifier.onnx (one batch per image) -> temperature softmax -> verdict rule -> one result dict.
+crops -> the line classifier (classifier.int8.onnx, else classifier.onnx; one batch per image) -> temperature
+softmax -> verdict rule -> one result dict.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from industrial_qc.flatfield import fit_to, flatfield
 from industrial_qc.verdict import part_verdict
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
+LINE_CLASSIFIER_INT8 = "classifier.int8.onnx"
+
+
+def line_classifier_path(run_dir: Path | str, run: dict) -> Path:
+    """The classifier file the line runs: run.json's ``artifacts.line_classifier`` (the int8 copy when training
+    made and accepted one), else ``classifier.onnx`` (runs from before the int8 copy existed)."""
+    return Path(run_dir) / ((run.get("artifacts") or {}).get("line_classifier") or "classifier.onnx")
 
 
 # ------------------------------------------------------------------------------------------------ detector
@@ -169,16 +177,17 @@ class Pipeline:
 
     @classmethod
     def from_run(cls, run_dir: Path | str, threads: int | None = None, run: dict | None = None) -> Pipeline:
-        """Load ``detector.onnx``, ``classifier.onnx`` and the thresholds (ONNX metadata, else run.json)."""
+        """Load ``detector.onnx``, the line classifier (``line_classifier_path``) and the thresholds (ONNX
+        metadata, else run.json)."""
         run_dir = Path(run_dir)
         run = run or read_run_json(run_dir)
         if run.get("vertical") != "industrial_qc":
             raise InputError(f"{run_dir}/run.json: vertical is {run.get('vertical')!r}, not industrial_qc")
         detector = OnnxDetector(run_dir / "detector.onnx", threads)
-        classifier = OnnxClassifier(run_dir / "classifier.onnx", threads)
+        classifier = OnnxClassifier(line_classifier_path(run_dir, run), threads)
         th = classifier.model.metadata.get("thresholds") or run.get("thresholds") or {}
         if "fail" not in th or "review" not in th:
-            raise InputError(f"{run_dir}: no verdict thresholds in classifier.onnx or run.json")
+            raise InputError(f"{run_dir}: no verdict thresholds in {classifier.model.path.name} or run.json")
         return cls(detector, classifier, th["fail"], th["review"], run["run_id"])
 
     def analyse(self, img: np.ndarray, det: Detections | None = None) -> tuple[Detections, np.ndarray, dict]:

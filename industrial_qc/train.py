@@ -1,7 +1,8 @@
 """``vsuite qc train``: both stages under one time budget, then thresholds, plots and the run directory.
 
     runs/<name>/
-      run.json  detector.onnx  classifier.onnx  metrics.json  data.yaml (resolved copy)
+      run.json  detector.onnx  classifier.onnx  classifier.int8.onnx (the line's copy, unless
+      classifier.line_precision is fp32 or it disagreed with fp32 on val)  metrics.json  data.yaml (resolved copy)
       checkpoints/detector_best.pt detector_last.pt classifier/best.pt classifier/last.pt
       plots/confusion_matrix.png  pr_curve.png
 """
@@ -18,19 +19,25 @@ from rich.console import Console
 
 from common.config import config_snapshot
 from common.errors import InputError
-from common.export import write_metadata
+from common.export import ExportError, quantize_int8, write_metadata
 from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
 from industrial_qc.config import QCConfig
+from industrial_qc.crops import crops_for_boxes, to_tensor_batch
 from industrial_qc.cropset import build_crop_set, defect_rel_sizes
 from industrial_qc.data import Sample, fingerprint, load_dataset, read_image, write_resolved_yaml
 from industrial_qc.evaluate import pipeline_metrics
-from industrial_qc.pipeline import Detections, OnnxClassifier, OnnxDetector, Pipeline
+from industrial_qc.pipeline import LINE_CLASSIFIER_INT8, Detections, OnnxClassifier, OnnxDetector, Pipeline
 from industrial_qc.verdict import choose_thresholds
 
 # Seconds kept back from the budget for ONNX export, hard-negative mining, thresholds and plots.
 MIN_RESERVE_S = 15.0
+CALIBRATION_IMAGES = 64  # training images whose crops set the int8 activation ranges
+# The int8 classifier replaces fp32 on the line only if, over the val candidates, its defect probability moves by
+# at most INT8_MEAN_DIFF on average and by more than 0.1 on at most INT8_BIG_DIFF_SHARE of them.
+INT8_MEAN_DIFF = 0.02
+INT8_BIG_DIFF_SHARE = 0.02
 
 
 @dataclass
@@ -47,6 +54,37 @@ def _detect_all(detector: OnnxDetector, samples: list[Sample], progress, label: 
         out.append(detector(read_image(s.image)))
         progress.update(task, advance=1)
         update_rate(progress, task, "img")
+    return out
+
+
+def _calibration_batches(cfg, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
+    """Line-geometry crops of up to CALIBRATION_IMAGES training images spread over the split (ground-truth boxes
+    and the detector's candidates), one normalised batch per image: what the line classifier will see."""
+    idx = np.unique(np.linspace(0, len(samples) - 1, min(CALIBRATION_IMAGES, len(samples))).round().astype(int))
+    batches = []
+    for i in idx:
+        img = read_image(samples[i].image)
+        h, w = img.shape[:2]
+        boxes = samples[i].boxes_xyxy(w, h)
+        if i < len(dets) and len(dets[i]):
+            boxes = np.concatenate([boxes, dets[i].boxes])
+        if len(boxes):
+            crops = crops_for_boxes(img, boxes, cfg.crop_size, cfg.context, cfg.min_crop)
+            batches.append(to_tensor_batch(crops, normalize=cfg.normalize))
+    return batches
+
+
+def _int8_agreement(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    """How far the int8 classifier's defect probabilities (1 - p(background)) are from fp32's on the same crops."""
+    ref, got = [p for p in ref if len(p)], [p for p in got if len(p)]
+    if not ref:
+        return {"crops": 0, "mean_abs_diff": 0.0, "max_abs_diff": 0.0, "share_diff_over_0.1": 0.0,
+                "same_class": 1.0, "used": True}
+    r, g = np.concatenate(ref), np.concatenate(got)
+    diff = np.abs(r[:, 0] - g[:, 0])
+    out = {"crops": len(diff), "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
+           "share_diff_over_0.1": float((diff > 0.1).mean()), "same_class": float((r.argmax(1) == g.argmax(1)).mean())}
+    out["used"] = bool(out["mean_abs_diff"] <= INT8_MEAN_DIFF and out["share_diff_over_0.1"] <= INT8_BIG_DIFF_SHARE)
     return out
 
 
@@ -135,18 +173,49 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     export_classifier(clf.model, ccfg, labels, clf.temperature, out / "classifier.onnx",
                       {"data_fingerprint": fp, "run_name": out.name})
 
-    # ---- thresholds on val, with the ONNX models and the detections already made
+    # ---- the line's classifier: an int8 copy when it agrees with fp32 on the val candidates
     classifier = OnnxClassifier(out / "classifier.onnx")
-    val_probs = []
+    int8 = None
+    (out / LINE_CLASSIFIER_INT8).unlink(missing_ok=True)  # a stale copy from an earlier run in this folder
+    if ccfg.line_precision == "int8":
+        int8_path = out / LINE_CLASSIFIER_INT8
+        try:
+            batches = _calibration_batches(ccfg, train, train_dets)
+            quantize_int8(out / "classifier.onnx", int8_path, batches,
+                          {"precision": "int8", "calibration_crops": int(sum(len(b) for b in batches))})
+            int8 = OnnxClassifier(int8_path)
+        except ExportError as exc:
+            console.print(f"[yellow]  {exc}; the line uses the fp32 classifier[/]")
+    # ---- thresholds on val, with the line's ONNX models and the detections already made
+    val_probs, int8_probs = [], []
     for s, d in zip(val, val_dets, strict=True):
-        val_probs.append(classifier.probs(classifier.crops(read_image(s.image), d.boxes)))
+        crops = classifier.crops(read_image(s.image), d.boxes)
+        val_probs.append(classifier.probs(crops))
+        if int8 is not None:
+            int8_probs.append(int8.probs(crops))
+    int8_check = None
+    if int8 is not None:
+        int8_check = _int8_agreement(val_probs, int8_probs)
+        write_metadata(int8.model.path, {"val_agreement": int8_check})
+        if int8_check["used"]:
+            classifier, val_probs = int8, int8_probs
+            console.print(f"  line classifier: int8 ({LINE_CLASSIFIER_INT8}); defect probability vs fp32 on "
+                          f"{int8_check['crops']} val candidates: mean |diff| {int8_check['mean_abs_diff']:.4f}, "
+                          f"same class {int8_check['same_class']:.3f}")
+        else:
+            console.print(f"[yellow]  line classifier: fp32; the int8 copy moved defect probabilities by "
+                          f"{int8_check['mean_abs_diff']:.3f} on average ({int8_check['share_diff_over_0.1']:.1%} "
+                          "by more than 0.1)[/]")
+            int8.model.path.unlink()
+    line_classifier = classifier.model.path.name
     scores = np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in val_probs])
     vcfg = cfg.verdict
     th = choose_thresholds(scores, np.array([s.defective for s in val]), target_recall=vcfg.target_recall,
                            max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
                            max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold)
     thresholds = th.to_dict()
-    write_metadata(out / "classifier.onnx", {"thresholds": thresholds})
+    for path in {out / "classifier.onnx", classifier.model.path}:
+        write_metadata(path, {"thresholds": thresholds})
     pipe = Pipeline(detector, classifier, th.fail, th.review)
     val_results = []
     for s, d, p in zip(val, val_dets, val_probs, strict=True):
@@ -159,7 +228,8 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
                      "val_box_recall_at_line_conf": box_recall},
         "classifier": {k: v for k, v in clf.val_metrics.items()}
         | {"epochs": len(clf.history), "stopped": clf.stopped_reason, "minutes": clf.seconds / 60,
-           "train_crops": len(train_set), "val_crops": len(val_set)},
+           "train_crops": len(train_set), "val_crops": len(val_set), "line_classifier": line_classifier,
+           "int8_check": int8_check},
         "thresholds": thresholds,
         "val_pipeline": val_pipeline,
         "minutes_total": (time.monotonic() - start) / 60,
@@ -178,6 +248,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
                          metrics=headline, thresholds=thresholds, detector_names=ds.names,
                          data_yaml=str(Path(data_yaml).resolve()),
                          artifacts={"detector": "detector.onnx", "classifier": "classifier.onnx",
+                                    "line_classifier": line_classifier,
                                     "checkpoints": "checkpoints", "metrics": "metrics.json", "plots": "plots"})
     return TrainOutcome(out, run, metrics)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.export import ExportError, export_onnx, write_metadata
+from common.export import ExportError, export_onnx, quantize_int8, write_metadata
 from common.inference import OnnxModel
 
 
@@ -129,3 +129,23 @@ def test_sessions_on_the_shared_pool_give_the_same_outputs(tmp_path):
                     str(tmp_path / "y.npy")], check=True, capture_output=True)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), OnnxModel(tmp_path / "m.onnx").run(x), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_int8_copy_tracks_fp32_and_keeps_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = Small2D().eval()
+    export_onnx(model, torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", META)
+    gen = np.random.default_rng(0)
+    calib = [gen.random((4, 3, 32, 32), dtype=np.float32) for _ in range(8)]
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", calib, {"precision": "int8"})
+    fp32, int8 = OnnxModel(tmp_path / "m.onnx"), OnnxModel(tmp_path / "m.int8.onnx")
+    assert int8.metadata["precision"] == "int8"
+    assert int8.metadata["labels"] == META["labels"] and int8.metadata["thresholds"] == META["thresholds"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = gen.random((6, 3, 32, 32), dtype=np.float32)  # same range as the calibration data
+    ref, got = fp32.run(x), int8.run(x)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 0.05 * max(1.0, np.abs(ref).max())
+    with pytest.raises(ExportError, match="m.onnx: no calibration data"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "x.onnx", [], {})

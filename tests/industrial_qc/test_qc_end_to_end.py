@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -40,6 +41,44 @@ def test_run_directory(tiny_run):
     assert clf.temperature > 0
     metrics = json.loads((tiny_run / "metrics.json").read_text())["train"]
     assert {"detector", "classifier", "thresholds", "val_pipeline"} <= set(metrics)
+
+
+def test_line_runs_the_int8_classifier_when_it_agrees_with_fp32(tiny_run):
+    run = read_run_json(tiny_run)
+    check = json.loads((tiny_run / "metrics.json").read_text())["train"]["classifier"]["int8_check"]
+    assert check["crops"] > 0 and 0 <= check["mean_abs_diff"] <= check["max_abs_diff"] <= 1
+    line = run["artifacts"]["line_classifier"]
+    assert line == ("classifier.int8.onnx" if check["used"] else "classifier.onnx")
+    assert (tiny_run / "classifier.int8.onnx").is_file() == check["used"]
+    pipe = Pipeline.from_run(tiny_run)
+    assert pipe.classifier.model.path == tiny_run / line
+    assert pipe.fail_threshold == run["thresholds"]["fail"] and pipe.review_threshold == run["thresholds"]["review"]
+    if check["used"]:
+        md = pipe.classifier.model.metadata
+        assert md["precision"] == "int8" and md["calibration_crops"] > 0
+        assert md["val_agreement"]["mean_abs_diff"] == pytest.approx(check["mean_abs_diff"])
+        ops = {n.op_type for n in onnx.load(str(tiny_run / line)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_fp32_line_classifier_on_request(tiny_data, tmp_path):
+    from rich.console import Console
+
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.train import train_run
+
+    from .conftest import TINY_CONFIG
+
+    run_dir = tmp_path / "fp32"
+    run_dir.mkdir()
+    (run_dir / "classifier.int8.onnx").write_bytes(b"stale copy of an earlier run")
+    cfg = load_qc_config(TINY_CONFIG, ["classifier.line_precision=fp32", "detector.epochs=1"])
+    train_run(tiny_data, cfg, run_dir, console=Console(quiet=True))
+    run = read_run_json(run_dir)
+    assert run["artifacts"]["line_classifier"] == "classifier.onnx"
+    assert not (run_dir / "classifier.int8.onnx").exists()
+    assert Pipeline.from_run(run_dir).classifier.model.path == run_dir / "classifier.onnx"
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["classifier"]["int8_check"] is None
 
 
 def test_classifier_onnx_matches_torch(tiny_run, tiny_data):
