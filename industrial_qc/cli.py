@@ -147,6 +147,10 @@ def eval_cmd(
         t2.add_row(k, _fmt(parts[k]))
     t2.add_row("verdicts", " ".join(f"{k} {v}" for k, v in parts["verdicts"].items()))
     console.print(t2)
+    if "classifier_fp32" in m:
+        console.print(f"classifier on ground-truth crops: {_fmt(cls.get('accuracy_gt_crops'))} with the line's "
+                      f"{cls.get('model')}, {_fmt(m['classifier_fp32'].get('accuracy_gt_crops'))} with classifier.onnx "
+                      "(fp32)")
     console.print(f"-> [bold]{Path(run) / 'metrics.json'}[/] (eval.{split})")
 
 

@@ -18,7 +18,7 @@ from common.rundir import read_run_json, update_run_json
 from industrial_qc.crops import box_iou
 from industrial_qc.cropset import build_crop_set
 from industrial_qc.data import Sample, load_dataset, read_image, write_resolved_yaml
-from industrial_qc.pipeline import Pipeline
+from industrial_qc.pipeline import OnnxClassifier, Pipeline
 from industrial_qc.verdict import part_rates
 
 
@@ -87,9 +87,8 @@ def pipeline_metrics(results: Sequence[dict], samples: Sequence[Sample], names: 
     return {"parts": rates, "defects": match}
 
 
-def classifier_gt_metrics(pipe: Pipeline, samples: Sequence[Sample], seed: int = 0) -> dict:
+def classifier_gt_metrics(clf: OnnxClassifier, samples: Sequence[Sample], seed: int = 0) -> dict:
     """Stage 2 alone on ground-truth crops (plus as many random defect-free windows as background)."""
-    clf = pipe.classifier
     cs = build_crop_set(samples, crop_size=clf.crop_size, context=clf.context, min_crop=clf.min_crop,
                         background_per_defect=1.0, seed=seed + 7)
     if len(cs) == 0:
@@ -98,7 +97,8 @@ def classifier_gt_metrics(pipe: Pipeline, samples: Sequence[Sample], seed: int =
     allm = classification_metrics(cs.targets, probs, clf.labels)
     d = cs.targets > 0
     gt_only = float((probs[d].argmax(axis=1) == cs.targets[d]).mean()) if d.any() else None
-    return {"accuracy_gt_crops": gt_only, "n_gt_crops": int(d.sum()), "with_background": allm}
+    return {"accuracy_gt_crops": gt_only, "n_gt_crops": int(d.sum()), "with_background": allm,
+            "model": clf.model.path.name}
 
 
 def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console=None, detector_map: bool = True,
@@ -121,7 +121,10 @@ def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console
         metrics["detector"] = validate_detector(run_dir / "detector.onnx", resolved, split,
                                                 pipe.detector.imgsz[0], run_dir / "eval",
                                                 flatfield=pipe.detector.flatfield)
-    metrics["classifier"] = classifier_gt_metrics(pipe, samples)
+    metrics["classifier"] = classifier_gt_metrics(pipe.classifier, samples)
+    fp32_path = run_dir / "classifier.onnx"
+    if pipe.classifier.model.path != fp32_path and fp32_path.is_file():  # the line runs the int8 copy
+        metrics["classifier_fp32"] = classifier_gt_metrics(OnnxClassifier(fp32_path), samples)
     results = run_pipeline_on(pipe, samples)
     metrics["pipeline"] = pipeline_metrics(results, samples, names, iou_thr)
     metrics["thresholds"] = {"fail": pipe.fail_threshold, "review": pipe.review_threshold}

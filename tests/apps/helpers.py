@@ -38,23 +38,27 @@ def _save_model(graph: onnx.GraphProto, path: Path, metadata: dict) -> None:
     onnx.save(model, str(path))
 
 
-def tiny_classifier_onnx(path: Path, labels: list[str], crop_size: int = 32) -> None:
-    """(B, 3, S, S) -> global average pool -> linear -> (B, C) logits, with the metadata stage 2 writes."""
+def tiny_classifier_onnx(path: Path, labels: list[str], crop_size: int = 32, *, flat: bool = False,
+                         metadata: dict | None = None) -> None:
+    """(B, 3, S, S) -> global average pool (``flat``: every pixel) -> linear -> (B, C) logits, with the metadata
+    stage 2 writes (plus ``metadata``)."""
     c = len(labels)
     rng = np.random.default_rng(0)
-    w = helper.make_tensor("W", TensorProto.FLOAT, [3, c], rng.normal(0, 2, (3, c)).astype(np.float32).ravel())
+    n_in = 3 * crop_size * crop_size if flat else 3
+    w = helper.make_tensor("W", TensorProto.FLOAT, [n_in, c],
+                           rng.normal(0, 0.05 if flat else 2, (n_in, c)).astype(np.float32).ravel())
     b = helper.make_tensor("B", TensorProto.FLOAT, [c], np.zeros(c, np.float32))
+    pool = [] if flat else [helper.make_node("GlobalAveragePool", ["images"], ["pooled"])]
+    nodes = [*pool, helper.make_node("Flatten", ["images" if flat else "pooled"], ["flat"])]
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        [*nodes, helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
         "tiny_classifier",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, crop_size, crop_size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c])],
         initializer=[w, b],
     )
     _save_model(graph, path, {"labels": labels, "crop_size": crop_size, "context": 0.5, "min_crop": 0.06,
-                              "temperature": 1.5, "thresholds": {"fail": 0.6, "review": 0.3}})
+                              "temperature": 1.5, "thresholds": {"fail": 0.6, "review": 0.3}, **(metadata or {})})
 
 
 def tiny_identity_onnx(path: Path, shape: list, metadata: dict) -> None:

@@ -10,8 +10,10 @@ import SimpleITK as sitk
 
 from apps import med_data, med_view, qc_data
 from apps.args import app_argv, parse_app_args
-from apps.qc_draw import PALETTE, draw_defects
+from apps.qc_draw import PALETTE, ClassifierView, draw_defects
 from common.results import write_records
+from industrial_qc.pipeline import OnnxClassifier
+from tests.apps.helpers import tiny_classifier_onnx
 
 
 # ------------------------------------------------------------------------------------------------ qc
@@ -25,6 +27,19 @@ def test_boxes_are_drawn_in_their_class_colour():
     assert out[200, 80].tolist() == rgb(PALETTE[1])  # left edge of the pit box (x = 10 * 8)
     assert out[400, 320].tolist() == rgb(PALETTE[2])  # left edge of the stain box (x = 40 * 8)
     assert out[250, 250].tolist() == [128, 128, 128]  # inside: untouched
+
+
+def test_crop_view_scores_crops_as_the_line_does(tmp_path):
+    rng = np.random.default_rng(0)
+    img = (rng.random((64, 64, 3)) * 60 + np.array([40, 120, 200])).astype(np.uint8)  # a tinted part
+    boxes = np.array([[10, 10, 30, 30], [30, 20, 60, 50]], np.float32)
+    for normalize in ("per_crop", "imagenet"):
+        path = tmp_path / f"{normalize}.onnx"
+        tiny_classifier_onnx(path, ["background", "scratch", "pit"], flat=True, metadata={"normalize": normalize})
+        view, line = ClassifierView(path), OnnxClassifier(path)
+        got, want = view.probs(view.crops(img, boxes)), line.probs(line.crops(img, boxes))
+        assert want.std() > 0.01  # the model does tell the crops apart
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_qc_records_tolerate_missing_fields_and_csv_nesting(tmp_path):

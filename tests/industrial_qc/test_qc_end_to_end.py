@@ -134,6 +134,12 @@ def test_eval_writes_metrics(tiny_run, tiny_data):
     assert m["classifier"]["n_gt_crops"] > 0
     cm = np.array(m["classifier"]["with_background"]["confusion_matrix"])
     assert cm.shape == (5, 5) and cm.sum() > m["classifier"]["n_gt_crops"]
+    line = read_run_json(tiny_run)["artifacts"]["line_classifier"]
+    assert m["classifier"]["model"] == line  # stage 2 is scored as the line runs it
+    if line != "classifier.onnx":  # and next to it the fp32 model it was quantized from, on the same crops
+        assert m["classifier_fp32"]["model"] == "classifier.onnx"
+        assert m["classifier_fp32"]["n_gt_crops"] == m["classifier"]["n_gt_crops"]
+        assert "(fp32)" in result.output
     parts = m["pipeline"]["parts"]
     assert parts["parts"] == m["images"] == parts["defective_parts"] + parts["good_parts"]
     assert sum(parts["verdicts"].values()) == parts["parts"]
