@@ -102,12 +102,15 @@ def train(
         ("fail threshold", m["thresholds"]["fail"]), ("review threshold", m["thresholds"]["review"]),
         ("escape rate", m["val_pipeline"]["parts"]["escape_rate"]),
         ("false-reject rate", m["val_pipeline"]["parts"]["false_reject_rate"]),
+        ("line classifier", m["classifier"]["line_classifier"]),
         ("minutes", m["minutes_total"]),
     ]
     for k, v in rows:
         table.add_row(k, _fmt(v))
     console.print(table)
-    console.print(f"run -> [bold]{out}[/] (run.json, detector.onnx, classifier.onnx, metrics.json, plots/)")
+    line = m["classifier"]["line_classifier"]
+    console.print(f"run -> [bold]{out}[/] (run.json, detector.onnx, classifier.onnx"
+                  + (f", {line}" if line != "classifier.onnx" else "") + ", metrics.json, plots/)")
 
 
 @app.command("eval", epilog="Example: vsuite qc eval runs/qc1 data/qc/data.yaml --split test")
