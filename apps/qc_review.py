@@ -51,6 +51,7 @@ def load_models(run_dir: Path | None, run: dict | None = None) -> tuple[Classifi
     view, or why it is not available (the app works without it)."""
     if run_dir is None or not run_dir.is_dir():
         return None, None  # already reported with the run
+    # the rule of industrial_qc.pipeline.line_classifier_path, not imported: that module pulls in sklearn
     line_classifier = ((run or {}).get("artifacts") or {}).get("line_classifier") or "classifier.onnx"
     missing = [n for n in ("detector.onnx", line_classifier) if not (run_dir / n).is_file()]
     if missing:
