@@ -93,11 +93,15 @@ from pathlib import Path
 from common.store import open_store
 db, who, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 store = open_store(db)
+go.with_name(f"ready-{who}").touch()
 while not go.exists():
     time.sleep(0.005)
 for i in range(n):
     store.record_decision(app="qc", run_id="r", item=f"{who}-{i % 7}.png", reviewer=who, decision="FAIL",
                           note=str(i))
+    # A pause between clicks, as a reviewer makes. Without it one writer can take the lock back-to-back for all
+    # its writes while SQLite's busy handler keeps the other one backing off, and the two never interleave.
+    time.sleep(0.003)
 print("done", who)
 """
 
@@ -108,7 +112,12 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     n = 150
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), who, str(n), str(go)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in ("tab1", "tab2")]
-    time.sleep(1.0)  # both have opened the database (schema creation raced too) and wait for the signal
+    # both have opened the database (schema creation raced too) and wait for the signal; a loaded machine can
+    # take seconds to start them, and a fixed sleep then let one writer finish before the other began
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{who}").exists() for who in ("tab1", "tab2")):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "writers did not start"
+        time.sleep(0.01)
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_out, err) in zip(procs, outs, strict=True):
