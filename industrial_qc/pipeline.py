@@ -153,8 +153,12 @@ class OnnxClassifier:
     def crops(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return crops_for_boxes(img, boxes, self.crop_size, self.context, self.min_crop)
 
+    def tensors(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """(K, S, S, 3) uint8 BGR crops -> (K, 3, S, S) float32, normalised as the model was trained."""
+        return to_tensor_batch(crops_bgr, self.mean, self.std, self.normalize)
+
     def logits(self, crops_bgr: np.ndarray) -> np.ndarray:
-        return self.model.run(to_tensor_batch(crops_bgr, self.mean, self.std, self.normalize))
+        return self.model.run(self.tensors(crops_bgr))
 
     def probs(self, crops_bgr: np.ndarray) -> np.ndarray:
         """(K, S, S, 3) uint8 -> (K, C) calibrated probabilities (softmax of logits / temperature)."""

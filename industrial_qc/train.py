@@ -24,7 +24,6 @@ from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
 from industrial_qc.config import QCConfig
-from industrial_qc.crops import crops_for_boxes, to_tensor_batch
 from industrial_qc.cropset import build_crop_set, defect_rel_sizes
 from industrial_qc.data import Sample, fingerprint, load_dataset, read_image, write_resolved_yaml
 from industrial_qc.evaluate import pipeline_metrics
@@ -57,9 +56,9 @@ def _detect_all(detector: OnnxDetector, samples: list[Sample], progress, label: 
     return out
 
 
-def _calibration_batches(cfg, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
-    """Line-geometry crops of up to CALIBRATION_IMAGES training images spread over the split (ground-truth boxes
-    and the detector's candidates), one normalised batch per image: what the line classifier will see."""
+def _calibration_batches(clf: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
+    """``clf``'s input tensors for up to CALIBRATION_IMAGES training images spread over the split (crops of the
+    ground-truth boxes and the detector's candidates, one batch per image): what the line classifier will see."""
     idx = np.unique(np.linspace(0, len(samples) - 1, min(CALIBRATION_IMAGES, len(samples))).round().astype(int))
     batches = []
     for i in idx:
@@ -69,8 +68,7 @@ def _calibration_batches(cfg, samples: list[Sample], dets: list[Detections]) -> 
         if i < len(dets) and len(dets[i]):
             boxes = np.concatenate([boxes, dets[i].boxes])
         if len(boxes):
-            crops = crops_for_boxes(img, boxes, cfg.crop_size, cfg.context, cfg.min_crop)
-            batches.append(to_tensor_batch(crops, normalize=cfg.normalize))
+            batches.append(clf.tensors(clf.crops(img, boxes)))
     return batches
 
 
@@ -180,7 +178,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     if ccfg.line_precision == "int8":
         int8_path = out / LINE_CLASSIFIER_INT8
         try:
-            batches = _calibration_batches(ccfg, train, train_dets)
+            batches = _calibration_batches(classifier, train, train_dets)
             quantize_int8(out / "classifier.onnx", int8_path, batches,
                           {"precision": "int8", "calibration_crops": int(sum(len(b) for b in batches))})
             int8 = OnnxClassifier(int8_path)
@@ -196,8 +194,8 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     int8_check = None
     if int8 is not None:
         int8_check = _int8_agreement(val_probs, int8_probs)
-        write_metadata(int8.model.path, {"val_agreement": int8_check})
         if int8_check["used"]:
+            write_metadata(int8.model.path, {"val_agreement": int8_check})
             classifier, val_probs = int8, int8_probs
             console.print(f"  line classifier: int8 ({LINE_CLASSIFIER_INT8}); defect probability vs fp32 on "
                           f"{int8_check['crops']} val candidates: mean |diff| {int8_check['mean_abs_diff']:.4f}, "
