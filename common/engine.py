@@ -60,6 +60,10 @@ class TrainConfig(StrictModel):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     amp: bool = True  # used only where the device supports it (CUDA)
+    # bf16 autocast for training on a CPU that computes bf16 natively (AMX / AVX512-BF16): a ResNet18 step on 64
+    # 64-px crops 0.36 -> 0.29 s there. Ignored on other CPUs, where bf16 is emulated and slower than fp32.
+    # Evaluation, weights and optimizer state stay fp32.
+    cpu_bf16: bool = False
     monitor: Monitor = "balanced_accuracy"
     patience: int = Field(default=5, ge=1)
     stages: list[StageConfig] | None = None  # staged unfreezing; when set, it replaces epochs/lr
@@ -212,6 +216,12 @@ def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.amp and device.type == "cuda"
 
 
+def _cpu_autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    from common.runtime import cpu_bf16_native
+
+    return torch.bfloat16 if cfg.cpu_bf16 and device.type == "cpu" and cpu_bf16_native() else None
+
+
 def _score(metrics: dict, loss: float, monitor: Monitor) -> float:
     """Monitor value where higher is better (loss is negated); NaN-safe."""
     if monitor == "loss":
@@ -241,6 +251,7 @@ def train_one_epoch(
     epoch: int = 0,
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    autocast_dtype: torch.dtype | None = None,
     on_batch=None,
     deadline: float | None = None,
 ) -> dict:
@@ -256,7 +267,8 @@ def train_one_epoch(
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True).long()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, enabled=scaler is not None):
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype,
+                            enabled=scaler is not None or autocast_dtype is not None):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
@@ -377,6 +389,7 @@ def fit(
     plan = _epoch_plan(cfg)
     steps = len(train_loader) if hasattr(train_loader, "__len__") else 1
     scaler = torch.amp.GradScaler("cuda") if _use_amp(cfg, device) else None
+    autocast_dtype = _cpu_autocast_dtype(cfg, device)
 
     start_epoch, best_score, best_epoch, bad_epochs = 0, float("-inf"), -1, 0
     best_loss = float("inf")  # breaks ties of a saturating metric (AUROC 1.0 on a small validation split)
@@ -421,7 +434,8 @@ def fit(
                 update_rate(progress, _t, "batch")
 
             tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, scheduler=scheduler,
-                                 epoch=stage_epoch, grad_clip=cfg.grad_clip, scaler=scaler, on_batch=on_batch,
+                                 epoch=stage_epoch, grad_clip=cfg.grad_clip, scaler=scaler,
+                                 autocast_dtype=autocast_dtype, on_batch=on_batch,
                                  deadline=deadline)
             progress.remove_task(batch_task)
             ev = evaluate(model, val_loader, device, eval_loss_fn, labels)

@@ -98,3 +98,16 @@ def set_torch_threads(n: int | None = None) -> int:
             n = os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU computes bf16 natively (AMX or AVX512-BF16), so bf16 autocast speeds training up.
+
+    Elsewhere PyTorch emulates bf16 and it is slower than fp32; callers then stay in fp32.
+    """
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # pragma: no cover - older torch without the probes
+        return False

@@ -141,6 +141,8 @@ def eval_cmd(
                       _fmt(per_cls.get(name, {}).get("recall")), _fmt(pm["precision"]), _fmt(pm["recall"]))
     table.add_row("[bold]all", _fmt(det.get("mAP50")), _fmt(det.get("mAP50_95")), _fmt(cls.get("accuracy_gt_crops")),
                   "", _fmt(m["pipeline"]["defects"]["localisation_recall"]))
+    if "agnostic" in det:  # stage 1 finds, stage 2 names: how well defects are found, whatever the detector calls them
+        table.add_row("any defect", _fmt(det["agnostic"]["mAP50"]), _fmt(det["agnostic"]["mAP50_95"]), "", "", "")
     console.print(table)
     t2 = Table(title="parts")
     t2.add_column("metric")

@@ -127,3 +127,28 @@ def hard_negative_boxes(det_boxes: np.ndarray, det_scores: np.ndarray, gt: np.nd
         det_boxes, det_scores = det_boxes[keep], det_scores[keep]
     order = np.argsort(-det_scores)[:k]
     return det_boxes[order].astype(np.float32)
+
+
+def matched_proposal_boxes(det_boxes: np.ndarray, gt: np.ndarray, gt_classes: np.ndarray, k: int,
+                           iou_thr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``k`` detections per ground-truth box that overlap it with IoU >= ``iou_thr`` (best IoU first), each
+    labelled with that box's class: (boxes (M, 4) xyxy, classes (M,)).
+
+    The line classifies the detector's boxes, not the labeller's: these crops are a little off-centre, too tight
+    or too loose in the way the detector is, and they multiply the defect examples (Fast R-CNN trains on proposals
+    the same way)."""
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    if len(det_boxes) == 0 or len(gt) == 0 or k == 0:
+        return empty
+    iou = box_iou(det_boxes, gt)  # (D, G)
+    owner = iou.argmax(axis=1)
+    best = iou.max(axis=1)
+    boxes, classes = [], []
+    for j in range(len(gt)):
+        idx = np.flatnonzero((owner == j) & (best >= iou_thr))
+        idx = idx[np.argsort(-best[idx])][:k]
+        boxes.append(np.asarray(det_boxes, np.float32)[idx])
+        classes += [int(gt_classes[j])] * len(idx)
+    if not classes:
+        return empty
+    return np.concatenate(boxes).astype(np.float32), np.array(classes, np.int64)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from industrial_qc.crops import crops_for_boxes, hard_negative_boxes, random_background_boxes
+from industrial_qc.crops import crops_for_boxes, hard_negative_boxes, matched_proposal_boxes, random_background_boxes
 from industrial_qc.data import Sample, read_image
 
 
@@ -43,12 +43,14 @@ def build_crop_set(
     background_per_defect: float = 1.0,
     detections: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     hard_negatives_per_image: int = 0,
+    proposals_per_defect: int = 0,
     seed: int = 0,
     rel_sizes: np.ndarray | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> CropSet:
     """Crops of every ground-truth box, ``background_per_defect`` random clean windows per box (spread over all
-    images, good parts included) and up to ``hard_negatives_per_image`` unmatched detections per image
+    images, good parts included), up to ``hard_negatives_per_image`` unmatched detections per image and up to
+    ``proposals_per_defect`` detections per box that match it (IoU >= 0.5, labelled with its class)
     (``detections[i] = (boxes xyxy px, scores)`` for ``samples[i]``)."""
     rng = np.random.default_rng(seed)
     rel_sizes = defect_rel_sizes(samples) if rel_sizes is None else rel_sizes
@@ -67,6 +69,9 @@ def build_crop_set(
             boxes, scores = detections[i]
             hn = hard_negative_boxes(boxes, scores, gt, hard_negatives_per_image)
             parts.append((hn, np.zeros(len(hn), np.int64), "hard_negative"))
+        if detections is not None and proposals_per_defect and i in detections:
+            pb, pc = matched_proposal_boxes(detections[i][0], gt, s.classes, proposals_per_defect)
+            parts.append((pb, pc + 1, "proposal"))
         for boxes, tgt, kind in parts:
             if len(boxes):
                 crops.append(crops_for_boxes(img, boxes, crop_size, context, min_crop, scale))

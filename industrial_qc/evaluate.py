@@ -145,6 +145,7 @@ def summary(metrics: dict) -> dict:
     return {
         "detector_mAP50": det.get("mAP50"),
         "detector_mAP50_95": det.get("mAP50_95"),
+        "detector_mAP50_agnostic": det.get("agnostic", {}).get("mAP50"),
         "classifier_accuracy_gt_crops": metrics.get("classifier", {}).get("accuracy_gt_crops"),
         "escape_rate": parts.get("escape_rate"),
         "false_reject_rate": parts.get("false_reject_rate"),

@@ -3,8 +3,9 @@
 Surfaces: brushed metal, cast metal, woven fabric, each under varied lighting, gamma, tint and sensor noise.
 Defects: ``scratch`` (thin bright/dark curve), ``pit`` (small dark dent with a lit rim), ``stain`` (soft
 irregular tinted blob) and ``crack`` (dark jagged branching line). Sizes go down to ~2.5 % of the image
-side and contrast down to ~5 % of the intensity range, like faint defects on real parts, but never below
-``min_cnr`` times the fine texture and sensor noise around the defect (a defect an inspector could see). About a
+side and contrast down to ~5 % of the intensity range, like faint defects on real parts, but never below what
+an inspector could see on that surface (``defect_visibility``: a matched-filter SNR against the surface and the
+part's sensor noise, and the contrast of the defect's core against the texture at its own scale). About a
 quarter of the parts are defect-free and have no label file (the Ultralytics convention for a background image).
 
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives the same files.
@@ -38,7 +39,8 @@ class SynthConfig:
     good_frac: float = 0.25
     image_format: Literal["jpg", "png"] = "jpg"
     contrast: tuple[float, float] = (0.05, 0.22)  # defect amplitude, fraction of the [0, 1] intensity range
-    min_cnr: float = 2.0  # peak defect signal >= min_cnr x the local fine-texture + sensor noise (visible to an eye)
+    min_snr: float = 6.0  # visibility floor (defect_visibility): matched-filter signal / (surface clutter + noise)
+    min_core_cnr: float = 2.0  # ... and the mean change over its core / (texture at its scale + noise), per pixel
     max_defects: int = 3
 
 
@@ -207,8 +209,74 @@ def _box_from_mask(m: np.ndarray, s: int, thresh: float = 0.3) -> tuple[float, f
     return ((x1 + x2) / 2 / s, (y1 + y2) / 2 / s, (x2 - x1) / s, (y2 - y1) / s)
 
 
-def _apply_defect(img: np.ndarray, cls: str, rng: np.random.Generator, cfg: SynthConfig) -> tuple | None:
-    s = img.shape[0]
+@dataclass
+class _Lighting:
+    """Everything ``_lighting`` draws, drawn before it is applied so the defects can be made visible against the
+    sensor noise the part will get."""
+
+    gradient: np.ndarray
+    spot: np.ndarray
+    spot_gain: float
+    gain: float
+    gamma: float
+    noise_sd: float
+    noise: np.ndarray
+    blur: float | None
+
+
+def defect_visibility(before: np.ndarray, after: np.ndarray, box_px: tuple[int, int, int, int], noise_sd: float
+                      ) -> tuple[float, float]:
+    """How visible one defect is: (snr, core_cnr).
+
+    ``snr``: its matched-filter signal over the clutter that filter sees on the surface.
+
+    ``before`` / ``after``: (H, W) float grey images in [0, 1] without / with the defect; ``box_px``: x1, y1, x2,
+    y2 of its label box. The template is the defect's own zero-mean change over its box (a centre-surround shape:
+    lighting offsets drop out); the signal is the template's response to the defect, the clutter the standard
+    deviation of its response over the surface around the box, plus the sensor noise (the template has unit norm,
+    so white noise of ``noise_sd`` adds ``noise_sd``). Ridges parallel to a scratch, threads as wide as a pit or
+    blotches as large as a stain raise the clutter, which a peak-contrast floor misses.
+    ``core_cnr``: the mean change over the defect's core (where it is at least half its peak) over the texture
+    at the defect's scale and the noise, per pixel."""
+    h, w = before.shape
+    x1, y1, x2, y2 = box_px
+    t = (after - before)[y1:y2, x1:x2].astype(np.float32)
+    t = t - t.mean()
+    norm = float(np.sqrt((t**2).sum()))
+    if norm <= 1e-9:
+        return 0.0, 0.0
+    t /= norm
+    bw, bh = x2 - x1, y2 - y1
+    rx1, ry1 = max(0, x1 - 2 * bw), max(0, y1 - 2 * bh)
+    rx2, ry2 = min(w, x2 + 2 * bw), min(h, y2 + 2 * bh)
+    region = before[ry1:ry2, rx1:rx2].astype(np.float32)
+    if region.shape[0] <= bh or region.shape[1] <= bw:
+        region = before.astype(np.float32)
+    response = cv2.filter2D(region, cv2.CV_32F, t, borderType=cv2.BORDER_REFLECT)
+    clutter = float(response.std())
+    snr = norm / float(np.hypot(clutter, noise_sd))
+    # An eye does not integrate a large faint blob over hundreds of pixels as a matched filter does: the defect's
+    # core must also stand out from the pixel-to-pixel texture and noise on its own.
+    delta = np.abs(after - before)[y1:y2, x1:x2]
+    core = delta >= 0.5 * delta.max()
+    # The texture that masks it is the texture up to the defect's own thickness (core area / length: a scratch's
+    # width, a pit's or a stain's diameter): fabric threads hide a stain, not a hairline scratch.
+    thickness = float(core.sum()) / max(bw, bh, 1)
+    texture = region - cv2.GaussianBlur(region, (0, 0), max(2.0, thickness))
+    return snr, float(delta[core].mean()) / float(np.hypot(texture.std(), noise_sd))
+
+
+@dataclass
+class _Defect:
+    cls: str
+    box: tuple[float, float, float, float]
+    render: object  # (img, amp) -> img with the defect
+    amp: float
+
+
+def _draw_defect(img_size: int, cls: str, rng: np.random.Generator, cfg: SynthConfig) -> _Defect | None:
+    """Draw one defect's shape and strength (nothing is rendered yet); None if it fell outside the image."""
+    s = img_size
     mask = np.zeros((s, s), np.float32)
     rim = np.zeros((s, s), np.float32)
     {"scratch": lambda: _draw_scratch(rng, s, mask), "crack": lambda: _draw_crack(rng, s, mask),
@@ -217,11 +285,10 @@ def _apply_defect(img: np.ndarray, cls: str, rng: np.random.Generator, cfg: Synt
     if box is None:
         return None
     amp = rng.uniform(*cfg.contrast)
-    local = float(img.mean())
     sign = 1.0 if rng.random() < 0.6 else -1.0  # scratch: bright or dark
     tint = np.array([rng.uniform(0.2, 0.9), rng.uniform(0.5, 1.0), 1.0], np.float32)  # stain: e.g. oil or rust
 
-    def render(a: float) -> np.ndarray:
+    def render(img: np.ndarray, a: float) -> np.ndarray:
         if cls == "scratch":
             return img + (sign * a * mask)[..., None]
         if cls == "crack":
@@ -229,56 +296,86 @@ def _apply_defect(img: np.ndarray, cls: str, rng: np.random.Generator, cfg: Synt
         if cls == "pit":
             return img * (1.0 - np.clip(a * 2.0, 0, 0.8) * mask)[..., None] + (0.8 * a * rim)[..., None]
         # stain: a tinted darkening
-        return img - (a * 1.3 * mask)[..., None] * (1.0 - tint * 0.5) * max(local, 0.3) * 2
+        return img - (a * 1.3 * mask)[..., None] * (1.0 - tint * 0.5) * max(float(img.mean()), 0.3) * 2
 
-    # Contrast floor: faint, but never below the texture it sits on. A 5 % scratch on a brushed-metal streak
-    # pattern of the same amplitude is invisible to an inspector too, and such a label only teaches noise.
-    x1, y1 = int(max(0, (box[0] - box[2]) * s)), int(max(0, (box[1] - box[3]) * s))
-    x2, y2 = int(min(s, (box[0] + box[2]) * s)) + 1, int(min(s, (box[1] + box[3]) * s)) + 1
+    return _Defect(cls, box, render, amp)
+
+
+def _apply_defect(img: np.ndarray, d: _Defect, cfg: SynthConfig, noise_sd: float) -> tuple[float, float]:
+    """Render ``d`` into ``img`` (in place), raising its strength until it is visible: ``defect_visibility``
+    reaches ``cfg.min_snr`` and ``cfg.min_core_cnr`` against the surface and ``noise_sd``. Returns them."""
+    s = img.shape[0]
+    cx, cy, bw, bh = d.box
+    box_px = (int(max(0, (cx - bw / 2) * s)), int(max(0, (cy - bh / 2) * s)),
+              int(min(s, np.ceil((cx + bw / 2) * s))), int(min(s, np.ceil((cy + bh / 2) * s))))
     gray = img.mean(axis=2)
-    fine = gray - cv2.GaussianBlur(gray, (0, 0), 2.0)
-    floor = cfg.min_cnr * math.hypot(float(fine[y1:y2, x1:x2].std()), 0.015)
-    out = render(amp)
-    for _ in range(3):  # multiplicative defects saturate: a few proportional steps reach the floor
-        peak = float(np.abs(out - img).max())
-        if peak >= floor or peak <= 0:
+    amp = d.amp
+    out = d.render(img, amp)
+    vis = defect_visibility(gray, out.mean(axis=2), box_px, noise_sd)
+    # Faint, but never below what an inspector can see on this surface: a 5 % scratch along brushed-metal streaks
+    # of the same amplitude, or a pit the size of the fabric's threads, is invisible, and such a label teaches noise.
+    for _ in range(6):  # multiplicative defects saturate: a few proportional steps reach the floor
+        short = max(cfg.min_snr / max(vis[0], 1e-6), cfg.min_core_cnr / max(vis[1], 1e-6))
+        if short <= 1.0 or min(vis) <= 0:
             break
-        amp *= floor / peak * 1.02
-        out = render(amp)
+        amp *= min(short * 1.02, 4.0)
+        out = d.render(img, amp)
+        vis = defect_visibility(gray, out.mean(axis=2), box_px, noise_sd)
     img[...] = out
-    return box
+    return vis
 
 
-def _lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _draw_lighting(rng: np.random.Generator, s: int) -> _Lighting:
+    g = rng.uniform(-0.25, 0.25, size=2)
+    spot = rng.uniform(-0.5, 0.5, size=2)
+    spot_gain = rng.uniform(0.0, 0.25)
+    gain = rng.uniform(0.8, 1.15)
+    gamma = rng.uniform(0.8, 1.25)
+    noise_sd = rng.uniform(0.004, 0.025)
+    noise = rng.normal(0, noise_sd, size=(s, s, 3)).astype(np.float32)
+    blur = rng.uniform(0.4, 0.9) if rng.random() < 0.3 else None
+    return _Lighting(g, spot, spot_gain, gain, gamma, noise_sd, noise, blur)
+
+
+def _lighting(img: np.ndarray, light: _Lighting) -> np.ndarray:
     s = img.shape[0]
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s - 0.5
-    g = rng.uniform(-0.25, 0.25, size=2)
-    illum = 1.0 + g[0] * xx + g[1] * yy
-    spot = rng.uniform(-0.5, 0.5, size=2)
-    illum += rng.uniform(0.0, 0.25) * np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2) / 0.15)
-    img = img * illum[..., None] * rng.uniform(0.8, 1.15)
-    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
-    img += rng.normal(0, rng.uniform(0.004, 0.025), size=img.shape).astype(np.float32)
-    if rng.random() < 0.3:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.9))
+    illum = 1.0 + light.gradient[0] * xx + light.gradient[1] * yy
+    spot = light.spot
+    illum += light.spot_gain * np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2) / 0.15)
+    img = img * illum[..., None] * light.gain
+    img = np.clip(img, 0, 1) ** light.gamma
+    img += light.noise
+    if light.blur is not None:
+        img = cv2.GaussianBlur(img, (0, 0), light.blur)
     return img
 
 
 def make_part(rng: np.random.Generator, size: int, defective: bool, cfg: SynthConfig) -> SynthImage:
-    """Draw one part; ``defective`` parts carry 1..max_defects defects of random classes."""
+    """Draw one part; ``defective`` parts carry 1..max_defects defects of random classes.
+
+    ``meta`` has per defect its class, ``snr`` and ``core_cnr`` (``defect_visibility`` against the part's sensor
+    noise)."""
     surface = SURFACES[int(rng.integers(len(SURFACES)))]
     img = _SURFACE_FNS[surface](rng, size).astype(np.float32)
-    boxes: list[list[float]] = []
-    meta: list[dict] = []
+    drawn: list[tuple[int, _Defect]] = []
     if defective:
         n = int(rng.choice(np.arange(1, cfg.max_defects + 1), p=_count_probs(cfg.max_defects)))
         for _ in range(n):
             cls_id = int(rng.integers(len(DEFECT_CLASSES)))
-            box = _apply_defect(img, DEFECT_CLASSES[cls_id], rng, cfg)
-            if box is not None:
-                boxes.append([cls_id, *box])
-                meta.append({"class": DEFECT_CLASSES[cls_id]})
-    img = _lighting(img, rng)
+            d = _draw_defect(size, DEFECT_CLASSES[cls_id], rng, cfg)
+            if d is not None:
+                drawn.append((cls_id, d))
+    light = _draw_lighting(rng, size)
+    boxes: list[list[float]] = []
+    meta: list[dict] = []
+    # The noise is added after the gain: relative to the surface it is noise_sd / gain.
+    noise_sd = light.noise_sd / light.gain
+    for cls_id, d in drawn:
+        snr, core_cnr = _apply_defect(img, d, cfg, noise_sd)
+        boxes.append([cls_id, *d.box])
+        meta.append({"class": d.cls, "snr": snr, "core_cnr": core_cnr})
+    img = _lighting(img, light)
     out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return SynthImage(image=out, boxes=np.array(boxes, np.float64).reshape(-1, 5), surface=surface, meta=meta)
 

@@ -125,7 +125,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     console.print(f"[bold]stage 1[/] detector {cfg.detector.model} at {cfg.detector.imgsz} px"
                   + (f", {det_minutes:.1f} min budget" if det_minutes else f", {cfg.detector.epochs} epochs"))
     det = train_detector(cfg.detector, resolved, ckpt, device="cpu" if device.type == "cpu" else "0", seed=cfg.seed,
-                         minutes=det_minutes, weights=detector_weights, console=console)
+                         minutes=det_minutes, weights=detector_weights, threads=cfg.threads, console=console)
     export_detector(det.best_pt, out / "detector.onnx", cfg.detector, ds.names,
                     {"data_fingerprint": fp, "run_name": out.name})
     console.print(f"  detector: {det.epochs_run} epochs in {det.seconds / 60:.1f} min, val mAP50 "
@@ -146,13 +146,15 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         detector.conf = conf
         write_metadata(out / "detector.onnx", {"conf": conf})
         val_dets = [_keep(d, conf) for d in val_raw]
-        train_dets = _detect_all(detector, train, progress, "detect train") if ccfg.hard_negatives else []
+        need_train_dets = ccfg.hard_negatives or ccfg.proposals_per_defect > 0
+        train_dets = _detect_all(detector, train, progress, "detect train") if need_train_dets else []
         console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
                       "candidates")
         rel = defect_rel_sizes(train)
         common_kw = dict(crop_size=ccfg.crop_size, context=ccfg.context, min_crop=ccfg.min_crop, scale=1.5,
                          background_per_defect=ccfg.background_per_defect, rel_sizes=rel,
-                         hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0)
+                         hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0,
+                         proposals_per_defect=ccfg.proposals_per_defect)
         train_set = build_crop_set(train, detections={i: (d.boxes, d.scores) for i, d in enumerate(train_dets)},
                                    seed=cfg.seed, **common_kw)
         val_set = build_crop_set(val, detections={i: (d.boxes, d.scores) for i, d in enumerate(val_dets)},
@@ -162,6 +164,8 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
 
     # ---- stage 2
     from industrial_qc.classifier import export_classifier, train_classifier
+
+    cls_threads = set_torch_threads(cfg.threads)  # Ultralytics' device selection leaves torch on cores - 1
 
     cls_deadline = None
     if deadline is not None:
@@ -227,6 +231,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         "classifier": {k: v for k, v in clf.val_metrics.items()}
         | {"epochs": len(clf.history), "stopped": clf.stopped_reason, "minutes": clf.seconds / 60,
            "train_crops": len(train_set), "val_crops": len(val_set), "line_classifier": line_classifier,
+           "torch_threads": cls_threads,
            "int8_check": int8_check},
         "thresholds": thresholds,
         "val_pipeline": val_pipeline,

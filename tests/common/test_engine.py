@@ -36,6 +36,24 @@ def test_fit_reaches_high_accuracy_on_separable_toy(tmp_path, toy_loaders):
     assert res.val_logits.shape == (256, 2)
 
 
+def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it(tmp_path, toy_loaders):
+    """``cpu_bf16``: the training forward runs in bf16 on a CPU with native bf16 (fp32 on others); evaluation,
+    weights and the result stay fp32, and it still learns."""
+    from common.runtime import cpu_bf16_native
+
+    train, val = toy_loaders
+    torch.manual_seed(0)
+    model = TinyNet()
+    seen: list[tuple[bool, torch.dtype]] = []
+    model.head.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
+    cfg = TrainConfig(epochs=4, lr=3e-3, t0=4, monitor="accuracy", patience=4, cpu_bf16=True)
+    fit(model, train, val, cfg, tmp_path, ["a", "b"])
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16 if cpu_bf16_native() else torch.float32}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert evaluate(model, val).metrics["accuracy"] >= 0.95
+
+
 def test_resume_continues_from_last_checkpoint(tmp_path, toy_loaders):
     train, val = toy_loaders
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from common.rundir import read_run_json
+from common.runtime import cpu_bf16_native
 from industrial_qc.cli import app
 from industrial_qc.data import load_dataset, read_image
 from industrial_qc.pipeline import OnnxClassifier, OnnxDetector, Pipeline, letterbox
@@ -41,6 +42,9 @@ def test_run_directory(tiny_run):
     assert clf.temperature > 0
     metrics = json.loads((tiny_run / "metrics.json").read_text())["train"]
     assert {"detector", "classifier", "thresholds", "val_pipeline"} <= set(metrics)
+    # both stages computed with the configured threads (tiny.yaml: 2), not Ultralytics' cores - 1
+    assert metrics["detector"]["torch_threads"] == 2 and metrics["classifier"]["torch_threads"] == 2
+    assert metrics["detector"]["precision_mode"] == ("bf16" if cpu_bf16_native() else "fp32")
 
 
 def test_line_runs_the_int8_classifier_when_it_agrees_with_fp32(tiny_run):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from industrial_qc.crops import box_iou, crops_for_boxes, hard_negative_boxes, square_regions
+from industrial_qc.crops import (
+    box_iou,
+    crops_for_boxes,
+    hard_negative_boxes,
+    matched_proposal_boxes,
+    square_regions,
+)
 from industrial_qc.pipeline import decode, letterbox, nms
 from industrial_qc.verdict import choose_thresholds, part_rates, part_verdict
 
@@ -107,6 +113,21 @@ def test_hard_negatives_never_touch_a_defect():
     hn = hard_negative_boxes(dets, scores, gt, k=2)
     np.testing.assert_array_equal(hn, dets[[3, 2]])  # the two best clean ones, best first
     assert len(hard_negative_boxes(dets, scores, np.zeros((0, 4), np.float32), k=10)) == 5
+
+
+def test_matched_proposals_take_the_class_of_the_defect_they_frame():
+    gt = np.array([[0, 0, 40, 40], [100, 100, 120, 160]], np.float32)
+    dets = np.array([[2, 2, 40, 42],  # defect 0, IoU 0.9
+                     [0, 0, 30, 30],  # defect 0, IoU 0.56
+                     [5, 5, 44, 40],  # defect 0, IoU 0.78
+                     [20, 20, 60, 60],  # half on defect 0: IoU 0.14, neither a defect nor clean
+                     [102, 98, 121, 158],  # defect 1
+                     [200, 200, 240, 240]], np.float32)  # background
+    boxes, classes = matched_proposal_boxes(dets, gt, np.array([2, 0]), k=2)
+    np.testing.assert_array_equal(boxes, dets[[0, 2, 4]])  # the two best of defect 0, then defect 1
+    np.testing.assert_array_equal(classes, [2, 2, 0])
+    assert len(matched_proposal_boxes(dets, gt, np.array([2, 0]), k=0)[0]) == 0
+    assert len(matched_proposal_boxes(dets, np.zeros((0, 4), np.float32), np.zeros(0), k=2)[0]) == 0
 
 
 def test_line_confidence_keeps_the_target_share_of_findable_defects():

@@ -1,0 +1,40 @@
+"""Stage 1 training plumbing that is not covered by the tiny end-to-end run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.runtime import import_ultralytics
+from industrial_qc.config import DetectorConfig
+from industrial_qc.detector import cpu_bf16_training, train_args, use_cpu_bf16
+
+
+def test_cpu_bf16_training_lets_ultralytics_autocast_on_the_cpu_only_inside():
+    import_ultralytics()
+    import ultralytics.engine.trainer as trainer_mod
+
+    original = trainer_mod.autocast
+    with pytest.raises(RuntimeError):  # why the context exists: Ultralytics refuses bf16 off CUDA
+        original(torch.bfloat16, device="cpu")
+    layer = torch.nn.Linear(4, 4)
+    with cpu_bf16_training(True):
+        with trainer_mod.autocast(torch.bfloat16, device="cpu"):
+            assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+        with trainer_mod.autocast(False, device="cpu"):  # every other use goes to Ultralytics' own helper
+            assert layer(torch.randn(2, 4)).dtype == torch.float32
+    assert trainer_mod.autocast is original
+    with cpu_bf16_training(False):
+        assert trainer_mod.autocast is original
+
+
+def test_bf16_only_where_asked_and_native(tmp_path):
+    from common.runtime import cpu_bf16_native
+
+    assert use_cpu_bf16(DetectorConfig(), "cpu") == cpu_bf16_native()
+    assert not use_cpu_bf16(DetectorConfig(cpu_bf16=False), "cpu")
+    assert not use_cpu_bf16(DetectorConfig(), "0")  # CUDA keeps Ultralytics' own AMP choice
+    args = train_args(DetectorConfig(), tmp_path / "data.yaml", tmp_path, device="cpu", seed=0, minutes=1.0, bf16=True)
+    assert args["amp"] == "bf16" and args["time"] == pytest.approx(1 / 60)
+    fp32 = train_args(DetectorConfig(), tmp_path / "d.yaml", tmp_path, device="cpu", seed=0, minutes=None)
+    assert fp32["amp"] is False and "time" not in fp32
