@@ -3,8 +3,8 @@ reviewed truth, and the YOLO export of reviewed parts.
 
 A qc record (``industrial_qc.line`` / ``industrial_qc.score``) holds ``file`` (or ``source``), ``timestamp``,
 ``verdict``, ``defects`` (each: ``box`` xyxy px, ``det_class``, ``det_conf``, ``cls_class``, ``cls_prob``,
-``defect_prob``), ``latency_ms``, ``run_id``, ``status``, ``reason`` and optionally ``width``/``height``,
-``max_defect_prob``. Readers here accept missing optional fields and a few spellings of each.
+``defect_prob``, ``level``: fail | review), ``latency_ms``, ``run_id``, ``status``, ``reason`` and optionally
+``width``/``height``, ``max_defect_prob``. Readers here accept missing optional fields and a few spellings of each.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def norm_defect(d: dict) -> dict:
         "cls_prob": None if cls_prob is None else float(cls_prob),
         "defect_prob": float(defect_prob) if defect_prob is not None else 0.0,
         "probs": decode_nested(d.get("probs") or d.get("probabilities")),
+        "level": None if _first(d, "level") is None else str(_first(d, "level")).lower(),
     }
 
 

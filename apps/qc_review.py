@@ -170,7 +170,8 @@ def crops_panel(ctx: dict, part: dict, img) -> None:
             c_img.image(crops[i], width=112)
         det = f"detector {d['det_class']} {d['det_conf']:.2f}" if d["det_conf"] is not None else "detector -"
         cls_p = d["cls_prob"] if d["cls_prob"] is not None else d["defect_prob"]
-        c_txt.markdown(f"**#{i} {d['cls_class']}** {cls_p:.2f}  \n{det} · defect p {d['defect_prob']:.2f}")
+        level = f" · {d['level'].upper()} level" if d.get("level") else ""
+        c_txt.markdown(f"**#{i} {d['cls_class']}** {cls_p:.2f}  \n{det} · defect p {d['defect_prob']:.2f}{level}")
         if probs is not None and i < len(probs):
             labels = ctx["clf"].labels
             top = sorted(zip(labels, probs[i], strict=False), key=lambda t: -t[1])[:4]

@@ -132,17 +132,23 @@ def eval_cmd(
     parts = m["pipeline"]["parts"]
     cls = m["classifier"]
     table = Table(title=f"eval on {split} ({m['images']} images)")
-    for col in ("class", "det mAP50", "det mAP50-95", "cls recall", "pipe precision", "pipe recall"):
+    # pipe: every reported defect (REVIEW level and above); fail: only those that FAIL the part on their own
+    for col in ("class", "det mAP50", "det mAP50-95", "cls recall", "pipe precision", "pipe recall",
+                "fail precision", "fail recall"):
         table.add_column(col, justify="right" if col != "class" else "left")
     per_cls = cls.get("with_background", {}).get("per_class", {})
-    for name, pm in m["pipeline"]["defects"]["per_class"].items():
+    pdef = m["pipeline"]["defects"]
+    for name, pm in pdef["per_class"].items():
         dm = det.get("per_class", {}).get(name, {})
+        fm = pdef.get("per_class_fail", {}).get(name, {})
         table.add_row(name, _fmt(dm.get("mAP50")), _fmt(dm.get("mAP50_95")),
-                      _fmt(per_cls.get(name, {}).get("recall")), _fmt(pm["precision"]), _fmt(pm["recall"]))
+                      _fmt(per_cls.get(name, {}).get("recall")), _fmt(pm["precision"]), _fmt(pm["recall"]),
+                      _fmt(fm.get("precision")), _fmt(fm.get("recall")))
     table.add_row("[bold]all", _fmt(det.get("mAP50")), _fmt(det.get("mAP50_95")), _fmt(cls.get("accuracy_gt_crops")),
-                  "", _fmt(m["pipeline"]["defects"]["localisation_recall"]))
+                  "", _fmt(pdef["localisation_recall"]), "", "")
     if "agnostic" in det:  # stage 1 finds, stage 2 names: how well defects are found, whatever the detector calls them
-        table.add_row("any defect", _fmt(det["agnostic"]["mAP50"]), _fmt(det["agnostic"]["mAP50_95"]), "", "", "")
+        table.add_row("any defect", _fmt(det["agnostic"]["mAP50"]), _fmt(det["agnostic"]["mAP50_95"]), "", "", "",
+                      "", "")
     console.print(table)
     t2 = Table(title="parts")
     t2.add_column("metric")

@@ -25,11 +25,14 @@ from industrial_qc.verdict import part_rates
 def match_defects(results: Sequence[dict], samples: Sequence[Sample], names: list[str],
                   iou_thr: float = 0.3) -> dict:
     """Per-class precision/recall of the reported defects against ground truth (same class, IoU >= iou_thr,
-    greedy by defect probability), plus class-agnostic localisation recall."""
-    tp = dict.fromkeys(names, 0)
-    n_pred = dict.fromkeys(names, 0)
+    greedy by defect probability), plus class-agnostic localisation recall. ``per_class`` counts every reported
+    defect (REVIEW level and above: what a reviewer is shown); ``per_class_fail`` only the FAIL-level ones (what
+    rejects a part on its own)."""
     n_gt = dict.fromkeys(names, 0)
     found_any, total_gt = 0, 0
+    levels = {"per_class": lambda d: True, "per_class_fail": lambda d: d.get("level", "fail") == "fail"}
+    tp = {k: dict.fromkeys(names, 0) for k in levels}
+    n_pred = {k: dict.fromkeys(names, 0) for k in levels}
     for res, s in zip(results, samples, strict=True):
         if res.get("status", "ok") != "ok":
             continue
@@ -39,28 +42,30 @@ def match_defects(results: Sequence[dict], samples: Sequence[Sample], names: lis
         for c in gt_cls:
             n_gt[c] += 1
         total_gt += len(gt)
-        preds = res["defects"]
-        for d in preds:
-            n_pred[d["cls_class"]] = n_pred.get(d["cls_class"], 0) + 1
-        if not len(gt) or not preds:
-            continue
-        pb = np.array([d["box"] for d in preds], np.float32)
-        iou = box_iou(pb, gt)
-        found_any += int((iou.max(axis=0) >= iou_thr).sum())
-        used = np.zeros(len(gt), bool)
-        for i, d in enumerate(preds):  # already sorted by defect probability
-            cand = [(iou[i, j], j) for j in range(len(gt))
-                    if not used[j] and gt_cls[j] == d["cls_class"] and iou[i, j] >= iou_thr]
-            if cand:
-                used[max(cand)[1]] = True
-                tp[d["cls_class"]] += 1
-    per_class = {
-        c: {"precision": tp[c] / n_pred[c] if n_pred[c] else None, "recall": tp[c] / n_gt[c] if n_gt[c] else None,
-            "tp": tp[c], "predicted": n_pred[c], "ground_truth": n_gt[c]}
-        for c in names
+        if len(gt) and res["defects"]:
+            pb = np.array([d["box"] for d in res["defects"]], np.float32)
+            found_any += int((box_iou(pb, gt).max(axis=0) >= iou_thr).sum())
+        for key, keep in levels.items():
+            preds = [d for d in res["defects"] if keep(d)]
+            for d in preds:
+                n_pred[key][d["cls_class"]] = n_pred[key].get(d["cls_class"], 0) + 1
+            if not len(gt) or not preds:
+                continue
+            iou = box_iou(np.array([d["box"] for d in preds], np.float32), gt)
+            used = np.zeros(len(gt), bool)
+            for i, d in enumerate(preds):  # already sorted by defect probability
+                cand = [(iou[i, j], j) for j in range(len(gt))
+                        if not used[j] and gt_cls[j] == d["cls_class"] and iou[i, j] >= iou_thr]
+                if cand:
+                    used[max(cand)[1]] = True
+                    tp[key][d["cls_class"]] += 1
+    out = {
+        key: {c: {"precision": tp[key][c] / n_pred[key][c] if n_pred[key][c] else None,
+                  "recall": tp[key][c] / n_gt[c] if n_gt[c] else None,
+                  "tp": tp[key][c], "predicted": n_pred[key][c], "ground_truth": n_gt[c]} for c in names}
+        for key in levels
     }
-    return {"per_class": per_class, "localisation_recall": found_any / total_gt if total_gt else None,
-            "match_iou": iou_thr}
+    return {**out, "localisation_recall": found_any / total_gt if total_gt else None, "match_iou": iou_thr}
 
 
 def run_pipeline_on(pipe: Pipeline, samples: Sequence[Sample], progress=None) -> list[dict]:

@@ -227,6 +227,7 @@ class Pipeline:
                 "cls_class": labels[k],
                 "cls_prob": round(float(probs[i, k]), 4),
                 "defect_prob": round(float(defect_p[i]), 4),
+                "level": "fail" if defect_p[i] >= self.fail_threshold else "review",
             })
         return {
             "verdict": verdict,
@@ -243,7 +244,8 @@ def draw_annotations(img: np.ndarray, result: dict) -> np.ndarray:
     colour = {"FAIL": (0, 0, 255), "REVIEW": (0, 165, 255), "PASS": (0, 200, 0)}
     for d in result.get("defects", []):
         x1, y1, x2, y2 = (round(v) for v in d["box"])
-        c = colour["FAIL"] if result["verdict"] == "FAIL" else colour["REVIEW"]
+        level = d.get("level") or ("fail" if result["verdict"] == "FAIL" else "review")
+        c = colour["FAIL"] if level == "fail" else colour["REVIEW"]
         cv2.rectangle(out, (x1, y1), (x2, y2), c, 1)
         cv2.putText(out, f"{d['cls_class']} {d['defect_prob']:.2f}", (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35, c, 1, cv2.LINE_AA)

@@ -19,7 +19,15 @@ from common.rundir import read_run_json
 from common.runtime import cpu_bf16_native
 from industrial_qc.cli import app
 from industrial_qc.data import load_dataset, read_image
-from industrial_qc.pipeline import OnnxClassifier, OnnxDetector, Pipeline, letterbox
+from industrial_qc.evaluate import match_defects
+from industrial_qc.pipeline import (
+    Detections,
+    OnnxClassifier,
+    OnnxDetector,
+    Pipeline,
+    draw_annotations,
+    letterbox,
+)
 
 runner = CliRunner()
 
@@ -231,6 +239,39 @@ def test_pipeline_inspect_on_array(tiny_run, tiny_data):
     res = pipe.inspect(img)
     assert res["verdict"] in {"PASS", "FAIL", "REVIEW"}
     assert res["n_candidates"] <= 8  # max_det of the tiny config
+
+
+def test_each_reported_defect_says_whether_it_fails_the_part(tiny_run, tiny_data):
+    pipe = Pipeline.from_run(tiny_run)
+    pipe.review_threshold, pipe.fail_threshold = 0.3, 0.8
+    labels = pipe.classifier.labels
+    assert labels[:3] == ["background", "scratch", "pit"]
+    det = Detections(boxes=np.array([[0, 0, 10, 10], [40, 40, 60, 60], [20, 20, 30, 30]], np.float32),
+                     scores=np.array([0.9, 0.5, 0.4], np.float32), classes=np.array([0, 1, 2]))
+    probs = np.zeros((3, len(labels)), np.float32)
+    probs[0, [0, 1]] = 0.1, 0.9  # scratch, defect p 0.9: FAIL level
+    probs[1, [0, 2]] = 0.5, 0.5  # pit, defect p 0.5: REVIEW level
+    probs[2, [0, 1]] = 0.9, 0.1  # background: not reported
+    res = pipe.result(det, probs)
+    assert res["verdict"] == "FAIL"
+    assert [(d["cls_class"], d["level"]) for d in res["defects"]] == [("scratch", "fail"), ("pit", "review")]
+
+    # each box in its own level's colour (BGR red / orange), whatever the part's verdict
+    img = np.zeros((64, 64, 3), np.uint8)
+    ann = draw_annotations(img, res)
+    assert tuple(ann[5, 0]) == (0, 0, 255) and tuple(ann[50, 40]) == (0, 165, 255)
+
+    # eval counts both: every reported defect, and the FAIL-level ones alone
+    gt = np.array([[0, 5, 5, 10, 10], [1, 50, 50, 20, 20], [3, 57.6, 57.6, 6.4, 6.4]], np.float32)  # class, cx cy w h
+    gt[:, 1:] /= 64
+    sample = load_dataset(tiny_data).split("test")[0]
+    sample = type(sample)(image=sample.image, label=None, boxes=gt)
+    res.update(status="ok", height=64, width=64)
+    m = match_defects([res], [sample], labels[1:], iou_thr=0.5)
+    assert m["per_class"]["scratch"] == {"precision": 1.0, "recall": 1.0, "tp": 1, "predicted": 1, "ground_truth": 1}
+    assert m["per_class"]["pit"]["recall"] == 1.0 and m["per_class_fail"]["pit"]["recall"] == 0.0
+    assert m["per_class_fail"]["pit"]["precision"] is None  # nothing FAIL-level called pit
+    assert m["per_class"]["crack"]["recall"] == 0.0 and m["localisation_recall"] == 2 / 3
 
 
 def test_inspect_video_frames_once(tiny_run, tiny_data, tmp_path):
