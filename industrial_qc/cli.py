@@ -132,9 +132,9 @@ def eval_cmd(
     parts = m["pipeline"]["parts"]
     cls = m["classifier"]
     table = Table(title=f"eval on {split} ({m['images']} images)")
-    # pipe: every reported defect (REVIEW level and above); fail: only those that FAIL the part on their own
-    for col in ("class", "det mAP50", "det mAP50-95", "cls recall", "pipe precision", "pipe recall",
-                "fail precision", "fail recall"):
+    table.caption = ("pipe P/R: precision/recall of every reported defect (REVIEW level and above); "
+                     "FAIL P/R: of those that fail the part on their own")
+    for col in ("class", "det mAP50", "det mAP50-95", "cls recall", "pipe P", "pipe R", "FAIL P", "FAIL R"):
         table.add_column(col, justify="right" if col != "class" else "left")
     per_cls = cls.get("with_background", {}).get("per_class", {})
     pdef = m["pipeline"]["defects"]
