@@ -14,6 +14,7 @@ import numpy as np
 
 from common.errors import InputError
 from common.metrics import classification_metrics
+from common.progress import add_task, make_progress, update_rate
 from common.rundir import read_run_json, update_run_json
 from industrial_qc.crops import box_iou
 from industrial_qc.cropset import build_crop_set
@@ -69,17 +70,18 @@ def match_defects(results: Sequence[dict], samples: Sequence[Sample], names: lis
 
 
 def run_pipeline_on(pipe: Pipeline, samples: Sequence[Sample], progress=None) -> list[dict]:
-    """Inspect every sample; unreadable images become error results (never an exception)."""
+    """Inspect every sample; unreadable images become error results (never an exception). ``progress()`` is
+    called after each sample."""
     out = []
     for s in samples:
         try:
             img = read_image(s.image)
         except InputError as exc:
             out.append({"status": "error", "reason": str(exc)})
-            continue
-        res = pipe.inspect(img)
-        res.update(status="ok", height=img.shape[0], width=img.shape[1])
-        out.append(res)
+        else:
+            res = pipe.inspect(img)
+            res.update(status="ok", height=img.shape[0], width=img.shape[1])
+            out.append(res)
         if progress is not None:
             progress()
     return out
@@ -119,18 +121,29 @@ def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console
     pipe = Pipeline.from_run(run_dir, run=run)
     iou_thr = iou_thr if iou_thr is not None else float(run.get("config", {}).get("verdict", {}).get("match_iou", 0.3))
     metrics: dict = {"split": split, "data": str(data_yaml), "images": len(samples)}
-    if detector_map:
-        from industrial_qc.detector import validate_detector
+    with make_progress(console) as progress:
+        if detector_map:
+            from industrial_qc.detector import validate_detector
 
-        resolved = write_resolved_yaml(ds, run_dir / "eval" / f"data_{split}.yaml")
-        metrics["detector"] = validate_detector(run_dir / "detector.onnx", resolved, split,
-                                                pipe.detector.imgsz[0], run_dir / "eval",
-                                                flatfield=pipe.detector.flatfield)
-    metrics["classifier"] = classifier_gt_metrics(pipe.classifier, samples)
-    fp32_path = run_dir / "classifier.onnx"
-    if pipe.classifier.model.path != fp32_path and fp32_path.is_file():  # the line runs the int8 copy
-        metrics["classifier_fp32"] = classifier_gt_metrics(OnnxClassifier(fp32_path), samples)
-    results = run_pipeline_on(pipe, samples)
+            task = add_task(progress, f"detector mAP on {split}", total=None, info="Ultralytics val, 2 passes")
+            resolved = write_resolved_yaml(ds, run_dir / "eval" / f"data_{split}.yaml")
+            metrics["detector"] = validate_detector(run_dir / "detector.onnx", resolved, split,
+                                                    pipe.detector.imgsz[0], run_dir / "eval",
+                                                    flatfield=pipe.detector.flatfield)
+            progress.update(task, total=1, completed=1)
+        task = add_task(progress, "classifier on ground-truth crops", total=None)
+        metrics["classifier"] = classifier_gt_metrics(pipe.classifier, samples)
+        fp32_path = run_dir / "classifier.onnx"
+        if pipe.classifier.model.path != fp32_path and fp32_path.is_file():  # the line runs the int8 copy
+            metrics["classifier_fp32"] = classifier_gt_metrics(OnnxClassifier(fp32_path), samples)
+        progress.update(task, total=1, completed=1)
+        task = add_task(progress, f"inspect {split}", total=len(samples))
+
+        def step() -> None:
+            progress.update(task, advance=1)
+            update_rate(progress, task, "part")
+
+        results = run_pipeline_on(pipe, samples, step)
     metrics["pipeline"] = pipeline_metrics(results, samples, names, iou_thr)
     metrics["thresholds"] = {"fail": pipe.fail_threshold, "review": pipe.review_threshold}
     path = run_dir / "metrics.json"

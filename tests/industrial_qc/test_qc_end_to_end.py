@@ -140,6 +140,7 @@ def test_eval_writes_metrics(tiny_run, tiny_data):
     result = runner.invoke(app, ["eval", str(tiny_run), str(tiny_data), "--split", "test"])
     assert result.exit_code == 0, result.output
     assert "escape_rate" in result.output and "false_reject_rate" in result.output
+    assert "detector mAP on test" in result.output and "inspect test" in result.output  # progress of each step
     m = json.loads((tiny_run / "metrics.json").read_text())["eval"]["test"]
     assert set(m["detector"]) >= {"mAP50", "mAP50_95", "per_class"}
     assert 0.0 <= m["detector"]["mAP50"] <= 1.0
