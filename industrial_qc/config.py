@@ -68,6 +68,11 @@ class DetectorConfig(StrictModel):
     # CPU budget's few thousand steps) gave a smoother val curve but test mAP50 within noise (0.678 vs 0.701).
     ema_decay: float = Field(default=0.9999, gt=0, lt=1)
     ema_tau: float = Field(default=2000.0, gt=0)
+    # Validation (a full val-split pass, ~15 % of a CPU epoch here) every val_every epochs, and every epoch over the
+    # last val_last epochs (mosaic off, where the best weights come from) and whenever Ultralytics needs it (final
+    # epoch, time up, early stop close). Unvalidated epochs never become best.pt. Ultralytics: every epoch (1).
+    val_every: int = Field(default=5, ge=1)
+    val_last: int = Field(default=10, ge=0)
 
 
 class AugmentConfig(StrictModel):

@@ -127,6 +127,24 @@ def _before_training(cfg: DetectorConfig, threads: int | None):
     return callback
 
 
+def _sparse_validation(cfg: DetectorConfig):
+    """Callback for Ultralytics' ``on_train_epoch_end`` (just before it decides whether to validate): validate
+    every ``val_every`` epochs and over the last ``val_last`` ones (``trainer.epochs`` is re-planned from the time
+    budget as training goes). Ultralytics still validates the final epoch, when time is up and when early
+    stopping is near. A skipped epoch's fitness is cleared: ``save_model`` writes best.pt when the epoch's fitness
+    equals the best so far, which a stale value from the previous (best) epoch would do for unvalidated weights."""
+
+    def callback(trainer) -> None:
+        epoch = trainer.epoch + 1  # 1-based: the epoch that just ended
+        validate = (cfg.val_every <= 1 or epoch % cfg.val_every == 0 or epoch == 1
+                    or epoch > trainer.epochs - cfg.val_last)
+        trainer.args.val = validate
+        if not validate:
+            trainer.fitness = None
+
+    return callback
+
+
 def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: str, seed: int,
                minutes: float | None, bf16: bool = False) -> dict:
     """Keyword arguments for ``YOLO.train``; ``minutes`` caps the wall time (Ultralytics' ``time`` in hours)."""
@@ -168,15 +186,17 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
     if progress is not None:
         task = add_task(progress, "detector", total=None)
         shown: set[int] = set()
+        last_val = [""]
 
         def on_epoch(trainer) -> None:
             if trainer.epoch in shown or trainer.epoch >= trainer.epochs:
                 return  # the final validation of best.pt fires this hook again
             shown.add(trainer.epoch)
-            m = trainer.metrics or {}
-            progress.update(task, total=trainer.epochs, completed=trainer.epoch + 1,
-                            info=f"val mAP50 {float(m.get('metrics/mAP50(B)', 0.0)):.3f} "
-                                 f"recall {float(m.get('metrics/recall(B)', 0.0)):.3f}")
+            if trainer.fitness is not None:  # validated this epoch (see _sparse_validation)
+                m = trainer.metrics or {}
+                last_val[:] = [f"val mAP50 {float(m.get('metrics/mAP50(B)', 0.0)):.3f} "
+                               f"recall {float(m.get('metrics/recall(B)', 0.0)):.3f} (epoch {trainer.epoch + 1})"]
+            progress.update(task, total=trainer.epochs, completed=trainer.epoch + 1, info=last_val[0])
             update_rate(progress, task, "epoch")
 
         model.add_callback("on_fit_epoch_end", on_epoch)
@@ -204,6 +224,18 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
             during["torch_threads"] = torch.get_num_threads()
 
         model.add_callback("on_train_epoch_end", on_train_epoch_end)
+        model.add_callback("on_train_epoch_end", _sparse_validation(cfg))
+
+        def on_val_start(validator) -> None:  # the trainer's validator shares its callbacks
+            during["val_passes"] = during.get("val_passes", 0) + 1  # incl. the final pass on best.pt
+
+        model.add_callback("on_val_start", on_val_start)
+
+        def on_model_save(trainer) -> None:  # last.pt is written each epoch, best.pt when this epoch is the best
+            if trainer.fitness is not None and trainer.best_fitness == trainer.fitness:
+                during["best_epoch"] = trainer.epoch + 1
+
+        model.add_callback("on_model_save", on_model_save)
         with cpu_bf16_training(bf16):
             model.train(**train_args(cfg, view, project, device=device, seed=seed, minutes=minutes, bf16=bf16))
     shutil.rmtree(view_dir, ignore_errors=True)

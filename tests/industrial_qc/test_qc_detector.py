@@ -38,3 +38,23 @@ def test_bf16_only_where_asked_and_native(tmp_path):
     assert args["amp"] == "bf16" and args["time"] == pytest.approx(1 / 60)
     fp32 = train_args(DetectorConfig(), tmp_path / "d.yaml", tmp_path, device="cpu", seed=0, minutes=None)
     assert fp32["amp"] is False and "time" not in fp32
+
+
+def test_sparse_validation_validates_on_schedule_and_never_keeps_an_unvalidated_best(tmp_path, tiny_data):
+    """val_every=3, val_last=2 over 5 epochs: epochs 1 (a first reading), 3 (the schedule), 4 (val_last) and 5
+    (val_last and Ultralytics' final epoch) are validated, 2 is not; best.pt is a validated epoch; the final pass
+    on best.pt is the fifth."""
+    import csv
+
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.detector import train_detector
+    from tests.industrial_qc.conftest import TINY_CONFIG
+
+    cfg = load_qc_config(TINY_CONFIG, ["detector.epochs=5", "detector.val_every=3", "detector.val_last=2",
+                                       "detector.close_mosaic=0"]).detector
+    res = train_detector(cfg, tiny_data, tmp_path, threads=2)
+    assert res.epochs_run == 5
+    assert res.metrics["val_passes"] == 5
+    assert res.metrics["best_epoch"] in (1, 3, 4, 5)
+    rows = list(csv.DictReader(open(tmp_path / "ultralytics" / "train" / "results.csv")))
+    assert len(rows) == 5
