@@ -56,5 +56,5 @@ def test_sparse_validation_validates_on_schedule_and_never_keeps_an_unvalidated_
     assert res.epochs_run == 5
     assert res.metrics["val_passes"] == 5
     assert res.metrics["best_epoch"] in (1, 3, 4, 5)
-    rows = list(csv.DictReader(open(tmp_path / "ultralytics" / "train" / "results.csv")))
+    rows = list(csv.DictReader((tmp_path / "ultralytics" / "train" / "results.csv").read_text().splitlines()))
     assert len(rows) == 5
