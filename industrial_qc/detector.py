@@ -233,6 +233,7 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
 
         def on_model_save(trainer) -> None:  # last.pt is written each epoch, best.pt when this epoch is the best
             if trainer.fitness is not None and trainer.best_fitness == trainer.fitness:
+                during.setdefault("best_epochs", []).append(trainer.epoch + 1)  # each epoch that wrote best.pt
                 during["best_epoch"] = trainer.epoch + 1
 
         model.add_callback("on_model_save", on_model_save)
