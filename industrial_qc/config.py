@@ -83,7 +83,7 @@ class AugmentConfig(StrictModel):
     affine: float = Field(default=0.8, ge=0, le=1)
     scale: tuple[float, float] = (0.85, 1.2)
     translate: float = Field(default=0.08, ge=0, lt=0.5)
-    rotate: float = Field(default=180.0, ge=0, le=180)
+    rotate: float = Field(default=15.0, ge=0, le=180)
     noise: float = Field(default=0.3, ge=0, le=1)
     brightness_contrast: float = Field(default=0.5, ge=0, le=1)
     hsv: float = Field(default=0.3, ge=0, le=1)
