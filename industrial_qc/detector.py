@@ -234,7 +234,6 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
         def on_model_save(trainer) -> None:  # last.pt is written each epoch, best.pt when this epoch is the best
             if trainer.fitness is not None and trainer.best_fitness == trainer.fitness:
                 during.setdefault("best_epochs", []).append(trainer.epoch + 1)  # each epoch that wrote best.pt
-                during["best_epoch"] = trainer.epoch + 1
 
         model.add_callback("on_model_save", on_model_save)
         with cpu_bf16_training(bf16):
@@ -257,6 +256,8 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
         "precision_mode": "bf16" if bf16 else "fp32",
         **during,
     }
+    if during.get("best_epochs"):
+        metrics["best_epoch"] = during["best_epochs"][-1]  # the epoch best.pt holds
     return DetectorResult(best_pt, last_pt, metrics, int(trainer.epoch) + 1, time.monotonic() - t0)
 
 
