@@ -142,6 +142,41 @@ def export_onnx(
     return ExportReport(path, max_abs, max_rel, opset)
 
 
+_QUANTIZE_CHILD = """
+import json, sys
+import numpy as np
+from common.export import ExportError, quantize_int8
+with np.load(sys.argv[3]) as z:
+    batches = [z[k] for k in sorted(z.files, key=int)]
+try:
+    quantize_int8(sys.argv[1], sys.argv[2], batches, json.loads(sys.argv[4]))
+except ExportError as exc:
+    sys.exit(str(exc))
+"""
+
+
+def _quantize_int8_in_child(src: Path, dst: Path, batches: list[np.ndarray], metadata: dict[str, Any]) -> Path:
+    """``quantize_int8`` in a fresh Python process. onnxruntime's quantizer makes sessions with thread pools of
+    their own, which it refuses in a process that ``common.inference.share_thread_pool`` put on the global pool
+    (``qc inspect`` or ``score`` earlier in the same Python session)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="vsuite-quant-") as tmp:
+        data = Path(tmp) / "batches.npz"
+        np.savez(data, **{str(i): np.asarray(b, np.float32) for i, b in enumerate(batches)})
+        proc = subprocess.run([sys.executable, "-c", _QUANTIZE_CHILD, str(src), str(dst), str(data),
+                               json.dumps(metadata)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ExportError(lines[-1] if lines else f"{src}: int8 quantization failed (exit {proc.returncode})")
+    return dst
+
+
 def quantize_int8(src: Path | str, dst: Path | str, batches: list[np.ndarray], metadata: dict[str, Any]) -> Path:
     """Static int8 copy of the fp32 ONNX model ``src`` at ``dst`` (QDQ, per-channel int8 weights, uint8
     activations with MinMax ranges from ``batches``, inputs of the model's first input) with ``src``'s metadata
@@ -155,6 +190,10 @@ def quantize_int8(src: Path | str, dst: Path | str, batches: list[np.ndarray], m
     src, dst = Path(src), Path(dst)
     if not batches:
         raise ExportError(f"{src}: no calibration data for int8 quantization")
+    from common.inference import shared_pool_active
+
+    if shared_pool_active():
+        return _quantize_int8_in_child(src, dst, batches, metadata)
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
 
     class _Reader(CalibrationDataReader):

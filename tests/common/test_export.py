@@ -149,3 +149,28 @@ def test_int8_copy_tracks_fp32_and_keeps_metadata(tmp_path):
     assert np.abs(got - ref).max() <= 0.05 * max(1.0, np.abs(ref).max())
     with pytest.raises(ExportError, match="m.onnx: no calibration data"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "x.onnx", [], {})
+
+
+QUANTIZE_ON_SHARED_POOL_SCRIPT = """
+import sys, numpy as np
+from common.export import quantize_int8
+from common.inference import OnnxModel, share_thread_pool
+assert share_thread_pool()
+fp32 = OnnxModel(sys.argv[1])  # the line's sessions, on the global pool
+x = np.load(sys.argv[2])
+quantize_int8(sys.argv[1], sys.argv[3], [x[:4], x[4:]], {"precision": "int8"})
+ref, got = fp32.run(x), OnnxModel(sys.argv[3]).run(x)
+assert np.abs(got - ref).max() <= 0.05 * max(1.0, np.abs(ref).max()), np.abs(got - ref).max()
+"""
+
+
+def test_int8_quantization_works_in_a_process_on_the_shared_pool(tmp_path):
+    """onnxruntime's quantizer makes sessions with pools of their own, which it refuses once the process runs on
+    the global pool (`qc inspect` earlier in the same Python session): quantize_int8 must still work there."""
+    torch.manual_seed(0)
+    export_onnx(Small2D().eval(), torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", META)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32))
+    proc = subprocess.run([sys.executable, "-c", QUANTIZE_ON_SHARED_POOL_SCRIPT, str(tmp_path / "m.onnx"),
+                           str(tmp_path / "x.npy"), str(tmp_path / "m.int8.onnx")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert OnnxModel(tmp_path / "m.int8.onnx").metadata["precision"] == "int8"
