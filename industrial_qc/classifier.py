@@ -31,7 +31,6 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
     "resnet50": torchvision.models.resnet50,
 }
-TRAIN_MARGIN = 1.5  # training crops keep 1.5x the context; augmentation shifts/zooms, then a centre crop
 
 
 def build_classifier(arch: str, n_classes: int, stem: str = "standard", weights: str | Path | None = None) -> nn.Module:

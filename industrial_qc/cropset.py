@@ -11,6 +11,8 @@ import numpy as np
 from industrial_qc.crops import crops_for_boxes, hard_negative_boxes, matched_proposal_boxes, random_background_boxes
 from industrial_qc.data import Sample, read_image
 
+TRAIN_MARGIN = 1.5  # training crops keep 1.5x the context; augmentation shifts/zooms, then a centre crop
+
 
 @dataclass
 class CropSet:

@@ -23,8 +23,8 @@ from common.export import ExportError, quantize_int8, write_metadata
 from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
-from industrial_qc.config import QCConfig
-from industrial_qc.cropset import build_crop_set, defect_rel_sizes
+from industrial_qc.config import ClassifierConfig, QCConfig
+from industrial_qc.cropset import TRAIN_MARGIN, CropSet, build_crop_set, defect_rel_sizes
 from industrial_qc.data import Sample, fingerprint, load_dataset, read_image, write_resolved_yaml
 from industrial_qc.evaluate import pipeline_metrics
 from industrial_qc.pipeline import LINE_CLASSIFIER_INT8, Detections, OnnxClassifier, OnnxDetector, Pipeline
@@ -91,6 +91,21 @@ def _keep(d: Detections, conf: float) -> Detections:
     return Detections(d.boxes[m], d.scores[m], d.classes[m])
 
 
+def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Sample], train_dets: list[Detections],
+                     val_dets: list[Detections], seed: int) -> tuple[CropSet, CropSet]:
+    """Stage 2's training and validation crops: ground truth, random clean windows, the detector's false alarms
+    (hard negatives) and its matching proposals (``*_dets[i]`` = the line detector's output on image ``i``)."""
+    kw = dict(crop_size=ccfg.crop_size, context=ccfg.context, min_crop=ccfg.min_crop, scale=TRAIN_MARGIN,
+              background_per_defect=ccfg.background_per_defect, rel_sizes=defect_rel_sizes(train),
+              hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0,
+              proposals_per_defect=ccfg.proposals_per_defect)
+    train_set = build_crop_set(train, detections={i: (d.boxes, d.scores) for i, d in enumerate(train_dets)},
+                               seed=seed, **kw)
+    val_set = build_crop_set(val, detections={i: (d.boxes, d.scores) for i, d in enumerate(val_dets)},
+                             seed=seed + 1, **kw)
+    return train_set, val_set
+
+
 def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
               console: Console | None = None) -> TrainOutcome:
     """Train stage 1 and stage 2 on ``data_yaml`` into run directory ``out`` and return run.json's content."""
@@ -150,15 +165,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         train_dets = _detect_all(detector, train, progress, "detect train") if need_train_dets else []
         console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
                       "candidates")
-        rel = defect_rel_sizes(train)
-        common_kw = dict(crop_size=ccfg.crop_size, context=ccfg.context, min_crop=ccfg.min_crop, scale=1.5,
-                         background_per_defect=ccfg.background_per_defect, rel_sizes=rel,
-                         hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0,
-                         proposals_per_defect=ccfg.proposals_per_defect)
-        train_set = build_crop_set(train, detections={i: (d.boxes, d.scores) for i, d in enumerate(train_dets)},
-                                   seed=cfg.seed, **common_kw)
-        val_set = build_crop_set(val, detections={i: (d.boxes, d.scores) for i, d in enumerate(val_dets)},
-                                 seed=cfg.seed + 1, **common_kw)
+        train_set, val_set = stage2_crop_sets(ccfg, train, val, train_dets, val_dets, cfg.seed)
     console.print(f"[bold]stage 2[/] classifier {ccfg.arch}: {len(train_set)} train crops "
                   f"{dict(zip(labels, train_set.counts(len(labels)), strict=True))}, {len(val_set)} val crops")
 
