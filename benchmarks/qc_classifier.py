@@ -68,6 +68,8 @@ def main() -> int:
     from industrial_qc.train import stage2_crop_sets
 
     console = Console()
+    if not console.is_terminal:  # a log file: the whole table, not 80 columns of it
+        console = Console(width=140)
     variants: dict[str, list[str]] = {} if args.skip_baseline else {"baseline": []}
     for v in args.variant:
         name, _, sets = v.partition("=")
