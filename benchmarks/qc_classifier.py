@@ -78,6 +78,11 @@ def main() -> int:
         variants[name] = sets.split(",")
     if not variants:
         ap.error("nothing to run: --skip-baseline without --variant")
+    for name, sets in variants.items():  # a bad key fails now, not after the first variant's training
+        try:
+            load_qc_config(None, sets)
+        except Exception as exc:
+            ap.error(f"--variant {name}: {exc}")
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     ds = load_dataset(args.data, ("train", "val"))
