@@ -69,8 +69,7 @@ def run_suite(data_yaml: Path, minutes: float, imgsz: int, work: Path, overrides
     from rich.console import Console
 
     from industrial_qc.config import load_qc_config
-    from industrial_qc.data import load_dataset
-    from industrial_qc.evaluate import classifier_gt_metrics, evaluate_run, summary
+    from industrial_qc.evaluate import classifier_gt_metrics_all_splits, evaluate_run, summary
     from industrial_qc.pipeline import Pipeline
     from industrial_qc.train import train_run
 
@@ -84,9 +83,8 @@ def run_suite(data_yaml: Path, minutes: float, imgsz: int, work: Path, overrides
                 detector_epochs=outcome.metrics["detector"]["epochs"],
                 classifier_epochs=outcome.metrics["classifier"]["epochs"])
     if heldout_yaml is not None:  # the line classifier on every defect of a larger held-out set: a firmer figure
-        held = load_dataset(heldout_yaml, ("train", "val", "test"), required=())
-        samples = [s for split in ("train", "val", "test") for s in held.split(split)]
-        gt = classifier_gt_metrics(Pipeline.from_run(work / "run").classifier, samples)
+        clf = Pipeline.from_run(work / "run").classifier
+        gt = classifier_gt_metrics_all_splits(clf, heldout_yaml, clf.labels[1:])
         head.update(classifier_accuracy_gt_crops_heldout=gt["accuracy_gt_crops"], heldout_gt_crops=gt["n_gt_crops"])
     return head
 

@@ -27,14 +27,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _held_out(args: argparse.Namespace, image_size: int) -> Path:
+def _held_out(args: argparse.Namespace, image_size: int, console) -> Path:
     if args.eval_data:
         return args.eval_data
+    from common.progress import add_task, make_progress
     from industrial_qc.synth import SynthConfig, synthesize
 
     out = args.workdir / f"heldout_{args.eval_images}_{image_size}px_seed{args.eval_seed}"
     if not (out / "data.yaml").is_file():
-        synthesize(out, SynthConfig(images=args.eval_images, size=image_size, seed=args.eval_seed))
+        with make_progress(console) as progress:
+            task = add_task(progress, "synth held-out parts", total=args.eval_images)
+            synthesize(out, SynthConfig(images=args.eval_images, size=image_size, seed=args.eval_seed),
+                       progress=lambda done, _n: progress.update(task, completed=done))
     return out / "data.yaml"
 
 
@@ -59,11 +63,12 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from common.progress import add_task, make_progress, update_rate
     from common.runtime import seed_everything, set_torch_threads
     from industrial_qc.classifier import export_classifier, train_classifier
     from industrial_qc.config import load_qc_config
     from industrial_qc.data import load_dataset, read_image
-    from industrial_qc.evaluate import classifier_gt_metrics
+    from industrial_qc.evaluate import classifier_gt_metrics_all_splits
     from industrial_qc.pipeline import OnnxClassifier, OnnxDetector
     from industrial_qc.train import stage2_crop_sets
 
@@ -89,14 +94,16 @@ def main() -> int:
     train, val = ds.split("train"), ds.split("val")
     image_size = max(read_image(train[0].image).shape[:2])
     detector = OnnxDetector(args.run / "detector.onnx")  # at the run's line confidence, as in training
-    t0 = time.monotonic()
-    train_dets = [detector(read_image(s.image)) for s in train]
-    val_dets = [detector(read_image(s.image)) for s in val]
-    console.print(f"detections on {len(train)} train + {len(val)} val images in {time.monotonic() - t0:.0f} s")
-    held = load_dataset(_held_out(args, image_size), ("train", "val", "test"), required=())
-    held_samples = [s for split in ("train", "val", "test") for s in held.split(split)]
-    if held.names != ds.names:
-        raise SystemExit(f"held-out classes {held.names} differ from the data's {ds.names}")
+    with make_progress(console) as progress:
+        task = add_task(progress, "detect train + val", total=len(train) + len(val))
+
+        def detect(s):
+            progress.update(task, advance=1)
+            update_rate(progress, task, "img")
+            return detector(read_image(s.image))
+
+        train_dets, val_dets = [detect(s) for s in train], [detect(s) for s in val]
+    held_yaml = _held_out(args, image_size, console)
     labels = ["background", *ds.names]
 
     rows = []
@@ -110,11 +117,12 @@ def main() -> int:
             tr, va = stage2_crop_sets(cfg.classifier, train, val, train_dets, val_dets, seed)
             out = args.workdir / name / f"seed{seed}"
             t0 = time.monotonic()
+            console.print(f"[bold]{name}[/] seed {seed}: {len(tr)} train crops")
             res = train_classifier(cfg.classifier, labels, tr, va, out / "checkpoints", deadline=None,
-                                   device=torch.device("cpu"), seed=seed, console=Console(quiet=True))
+                                   device=torch.device("cpu"), seed=seed, console=console)
             minutes = (time.monotonic() - t0) / 60
             export_classifier(res.model, cfg.classifier, labels, res.temperature, out / "classifier.onnx", {})
-            gt = classifier_gt_metrics(OnnxClassifier(out / "classifier.onnx"), held_samples, seed=seed)
+            gt = classifier_gt_metrics_all_splits(OnnxClassifier(out / "classifier.onnx"), held_yaml, ds.names)
             cm = np.array(gt["with_background"]["confusion_matrix"])
             per_class = {labels[c]: float(cm[c, c] / max(cm[c].sum(), 1)) for c in range(1, len(labels))}
             row = {"variant": name, "overrides": sets, "seed": seed, "epochs": len(res.history), "threads": threads,

@@ -108,6 +108,14 @@ def classifier_gt_metrics(clf: OnnxClassifier, samples: Sequence[Sample], seed: 
             "model": clf.model.path.name}
 
 
+def classifier_gt_metrics_all_splits(clf: OnnxClassifier, data_yaml: Path, names: list[str]) -> dict:
+    """``classifier_gt_metrics`` on every split of ``data_yaml`` together (a held-out set: none was trained on)."""
+    ds = load_dataset(data_yaml, ("train", "val", "test"), required=())
+    if ds.names != names:
+        raise InputError(f"{data_yaml}: classes {ds.names} differ from the classifier's {names}")
+    return classifier_gt_metrics(clf, [s for split in ("train", "val", "test") for s in ds.split(split)])
+
+
 def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console=None, detector_map: bool = True,
                  iou_thr: float | None = None) -> dict:
     """All metrics of a run on one split; written to ``run_dir/metrics.json`` under ``eval.<split>``."""
