@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,8 @@ def main() -> int:
         name, _, sets = v.partition("=")
         if not name or not sets:
             ap.error(f"--variant {v!r}: expected NAME=KEY=VALUE[,KEY=VALUE]")
-        variants[name] = sets.split(",")
+        # a comma starts the next KEY=VALUE only before "key=": list values such as scale=[0.6,1.6] stay whole
+        variants[name] = re.split(r",(?=[A-Za-z_][\w.]*=)", sets)
     if not variants:
         ap.error("nothing to run: --skip-baseline without --variant")
     for name, sets in variants.items():  # a bad key fails now, not after the first variant's training

@@ -2,7 +2,7 @@
 
 A box (x1, y1, x2, y2) becomes a square of side ``max(w, h) * (1 + 2 * context)``, at least ``min_crop`` of the
 image's shorter side, centred on the box. Pixels outside the image are reflected, so a defect at the border
-still gets its context. The square is resampled to ``crop_size`` in one ``cv2.warpAffine``.
+still gets its context. The square is resampled to ``crop_size``: area-averaged when it shrinks, bilinear when it grows.
 """
 
 from __future__ import annotations
@@ -25,15 +25,20 @@ def square_regions(boxes: np.ndarray, img_w: int, img_h: int, context: float, mi
 
 
 def extract_square(img: np.ndarray, cx: float, cy: float, side: float, out_size: int) -> np.ndarray:
-    """The square of ``side`` px centred on (cx, cy), resampled to (out_size, out_size, 3) uint8, reflect-padded."""
+    """The square of ``side`` px centred on (cx, cy), resampled to (out_size, out_size, 3) uint8, reflect-padded.
+
+    Shrinking averages areas (``cv2.INTER_AREA`` on the square cut at native resolution): point sampling at any
+    scale below 1 breaks a 1-px line into dashes or misses it, so a faint smooth scratch would reach the
+    classifier as a broken, jagged line or as nothing. Enlarging samples bilinearly."""
     s = out_size / side
-    m = np.array([[s, 0.0, out_size / 2 - cx * s], [0.0, s, out_size / 2 - cy * s]], np.float32)
-    interp = cv2.INTER_AREA if s < 0.5 else cv2.INTER_LINEAR
-    if interp == cv2.INTER_AREA:  # warpAffine has no area filter: pre-shrink so linear sampling does not alias
-        factor = int(1 / s)
-        small = cv2.resize(img, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
-        return extract_square(small, cx / factor, cy / factor, side / factor, out_size)
-    return cv2.warpAffine(img, m, (out_size, out_size), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
+    if s >= 1.0:
+        m = np.array([[s, 0.0, out_size / 2 - cx * s], [0.0, s, out_size / 2 - cy * s]], np.float32)
+        return cv2.warpAffine(img, m, (out_size, out_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    n = max(out_size, round(side))
+    x0, y0 = round(cx - n / 2), round(cy - n / 2)  # whole pixels: the cut is an exact copy, borders reflected
+    m = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], np.float32)
+    native = cv2.warpAffine(img, m, (n, n), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.resize(native, (out_size, out_size), interpolation=cv2.INTER_AREA)
 
 
 def crops_for_boxes(img: np.ndarray, boxes: np.ndarray, crop_size: int, context: float, min_crop: float,

@@ -47,6 +47,17 @@ def test_fit_to_matches_the_letterbox_resize():
     assert fit_to(img, (200, 200))[0] is img
 
 
+def test_shrinking_a_large_frame_keeps_a_hairline_scratch():
+    """A camera frame 4x the detector's size: the 1-px scratch must reach the detector at a quarter of its ink in
+    every column, not as dots or not at all (linear sampling keeps only 1 row in 4)."""
+    img = np.full((1280, 1280, 3), 128, np.uint8)
+    cv2.line(img, (200, 601), (1000, 601), (60, 60, 60), 1)
+    small, r = fit_to(img, (320, 320))
+    ink = (128.0 - small[:, 60:240, 0]).sum(axis=0)
+    assert r == 0.25
+    np.testing.assert_allclose(ink, 68 / 4, rtol=0.05)
+
+
 def test_flatfield_dataset_copy_keeps_labels_and_good_parts(tiny_data, tmp_path):
     ds = load_dataset(tiny_data)
     params = {"sigma": 0.125, "gain": 40.0, "grid": 32}

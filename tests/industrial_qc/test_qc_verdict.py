@@ -98,6 +98,23 @@ def test_square_crops_have_context_and_reflect_at_the_border():
     assert crops[1].max() == 0
 
 
+@pytest.mark.parametrize("side", [95.0, 110.0, 150.0, 217.0])  # shrink factors 0.67 to 0.29 onto 64 px
+def test_a_shrunk_crop_keeps_a_thin_line_continuous(side):
+    """A 1-px scratch crossing the crop keeps the same ink in every column it crosses: point sampling would break
+    it into dashes (a smooth line that looks jagged) or lose it between samples."""
+    import cv2
+
+    img = np.full((400, 400, 3), 128, np.uint8)
+    cv2.line(img, (80, 150), (330, 260), (60, 60, 60), 1, cv2.LINE_AA)
+    native_ink = (128.0 - img[:, 150:250, 0]).sum(axis=0).mean()
+    crop = crops_for_boxes(img, np.array([[200 - side / 2, 200 - side / 2, 200 + side / 2, 200 + side / 2]]), 64,
+                           context=0.0, min_crop=0.01)[0, ..., 0].astype(float)
+    ink = (128.0 - crop[:, 8:56]).sum(axis=0)  # the line's darkening summed down each column it crosses
+    assert ink.min() > 0.95 * ink.mean()
+    assert ink.std() < 0.03 * ink.mean()
+    assert ink.mean() == pytest.approx(native_ink * 64 / side, rel=0.05)  # area-preserving: no ink lost
+
+
 def test_box_iou():
     iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
     np.testing.assert_allclose(iou[0], [1.0, 1 / 3, 0.0], atol=1e-6)
