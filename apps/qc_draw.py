@@ -63,13 +63,13 @@ def draw_defects(img: np.ndarray, defects: list[dict], names: list[str], selecte
 
 
 def simple_crop(img: np.ndarray, box: list[float], context: float = 0.5, size: int = 128) -> np.ndarray:
-    """Square crop around ``box`` with ``context`` padding each side (reflect at the border), BGR (size, size, 3)."""
+    """Square crop around ``box`` with ``context`` padding each side (reflect at the border), BGR (size, size, 3),
+    resampled as stage 2's crops are (area-averaged when it shrinks: a hairline scratch stays whole)."""
+    from industrial_qc.crops import extract_square  # cv2 + numpy only
+
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1, 4.0) * (1 + 2 * context)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    s = size / side
-    m = np.array([[s, 0, size / 2 - cx * s], [0, s, size / 2 - cy * s]], np.float32)
-    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return extract_square(img, (x1 + x2) / 2, (y1 + y2) / 2, side, size)
 
 
 class ClassifierView:

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from apps import med_data, med_view, qc_data
 from apps.args import app_argv, parse_app_args
-from apps.qc_draw import PALETTE, ClassifierView, draw_defects
+from apps.qc_draw import PALETTE, ClassifierView, draw_defects, part_crops
 from common.results import write_records
 from industrial_qc.pipeline import OnnxClassifier
 from tests.apps.helpers import tiny_classifier_onnx
@@ -40,6 +40,20 @@ def test_crop_view_scores_crops_as_the_line_does(tmp_path):
         got, want = view.probs(view.crops(img, boxes)), line.probs(line.crops(img, boxes))
         assert want.std() > 0.01  # the model does tell the crops apart
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_crops_without_a_classifier_show_a_hairline_scratch_whole():
+    """A record read without its run still shows its defects' crops: the 1-px scratch of a 400-px box, shrunk to
+    128 px, is one even line (no dashes), and a box at the corner is reflected, not black."""
+    import cv2
+
+    img = np.full((600, 600, 3), 128, np.uint8)
+    cv2.line(img, (100, 260), (500, 340), (60, 60, 60), 1, cv2.LINE_AA)
+    crops, probs = part_crops(img, [{"box": [100, 100, 500, 500]}, {"box": [0, 0, 20, 20]}], None)
+    assert probs is None and [c.shape for c in crops] == [(128, 128, 3)] * 2
+    ink = (128.0 - crops[0][:, 40:88, 0]).sum(axis=0)  # the line's darkening down each column it crosses
+    assert ink.std() < 0.03 * ink.mean() and ink.min() > 0.95 * ink.mean()
+    assert crops[1].min() == 128
 
 
 def test_qc_records_tolerate_missing_fields_and_csv_nesting(tmp_path):
