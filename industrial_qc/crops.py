@@ -49,8 +49,18 @@ def crops_for_boxes(img: np.ndarray, boxes: np.ndarray, crop_size: int, context:
     regions = square_regions(boxes, w, h, context, min_crop)
     size = round(crop_size * scale)
     out = np.empty((len(regions), size, size, 3), np.uint8)
+    pyramid = [img]  # halved copies, made as needed: a big crop is cut from the level where it is < 2x its output
     for i, (cx, cy, side) in enumerate(regions):
-        out[i] = extract_square(img, float(cx), float(cy), float(side) * scale, size)
+        level, side = 0, float(side) * scale
+        while side / 2 ** (level + 1) >= size and min(pyramid[level].shape[:2]) >= 4:
+            level += 1
+            if len(pyramid) == level:
+                top = pyramid[-1]
+                th, tw = top.shape[:2]
+                pyramid.append(cv2.resize(top[: th - th % 2, : tw - tw % 2], (tw // 2, th // 2),
+                                          interpolation=cv2.INTER_AREA))
+        f = 2.0**level
+        out[i] = extract_square(pyramid[level], float(cx) / f, float(cy) / f, side / f, size)
     return out
 
 
