@@ -108,7 +108,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from industrial_qc.synth import SynthConfig, synthesize
+    from industrial_qc.synth import SynthConfig, synthesize_shown
 
     if args.quick:
         n, size, minutes = 60, 128, min(args.minutes, 0.75)
@@ -116,12 +116,14 @@ def main() -> None:
         n, size, minutes = args.images, args.size, args.minutes
     console = Console()
     work = args.workdir
-    rep = synthesize(work / "data", SynthConfig(images=n, size=size, seed=args.seed, val_frac=1 / 7, test_frac=2 / 7))
+    rep = synthesize_shown(work / "data", SynthConfig(images=n, size=size, seed=args.seed, val_frac=1 / 7,
+                                                      test_frac=2 / 7), console)
     console.print(f"data: {rep.counts} at {size} px; budget {minutes:g} min per side")
     heldout = None
     if args.heldout_images > 0:
         n_held = min(args.heldout_images, 60) if args.quick else args.heldout_images
-        heldout = synthesize(work / "heldout", SynthConfig(images=n_held, size=size, seed=args.seed + 1000)).data_yaml
+        heldout = synthesize_shown(work / "heldout", SynthConfig(images=n_held, size=size, seed=args.seed + 1000),
+                                   console, "synth held-out parts").data_yaml
     suite = run_suite(rep.data_yaml, minutes, size, work / "suite", args.overrides, heldout)
     peer = None if args.skip_peer else run_peer(rep.data_yaml, "yolov5nu.yaml", size, minutes, work / "peer",
                                                 args.seed)

@@ -31,15 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _held_out(args: argparse.Namespace, image_size: int, console) -> Path:
     if args.eval_data:
         return args.eval_data
-    from common.progress import add_task, make_progress
-    from industrial_qc.synth import SynthConfig, synthesize
+    from industrial_qc.synth import SynthConfig, synthesize_shown
 
     out = args.workdir / f"heldout_{args.eval_images}_{image_size}px_seed{args.eval_seed}"
     if not (out / "data.yaml").is_file():
-        with make_progress(console) as progress:
-            task = add_task(progress, "synth held-out parts", total=args.eval_images)
-            synthesize(out, SynthConfig(images=args.eval_images, size=image_size, seed=args.eval_seed),
-                       progress=lambda done, _n: progress.update(task, completed=done))
+        synthesize_shown(out, SynthConfig(images=args.eval_images, size=image_size, seed=args.eval_seed), console,
+                         "synth held-out parts")
     return out / "data.yaml"
 
 

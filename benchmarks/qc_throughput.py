@@ -128,14 +128,14 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from industrial_qc.synth import SynthConfig, synthesize
+    from industrial_qc.synth import SynthConfig, synthesize_shown
 
     console = Console()
     n = 16 if args.quick else args.images
     work = args.workdir
     total = n + 24  # n timed test images; 18 train + 6 val for the throwaway run
-    rep = synthesize(work / "data", SynthConfig(images=total, size=640, seed=5, val_frac=6 / total,
-                                                 test_frac=n / total))
+    rep = synthesize_shown(work / "data", SynthConfig(images=total, size=640, seed=5, val_frac=6 / total,
+                                                      test_frac=n / total), console)
     files = sorted((work / "data" / "images" / "test").glob("*.jpg"))[:n]
     run = args.run or _throwaway_run(work, rep.data_yaml)
     imgsz = json.loads((run / "run.json").read_text())["config"]["detector"]["imgsz"]

@@ -39,8 +39,7 @@ def synth(
     from rich.table import Table
 
     from common.errors import InputError
-    from common.progress import add_task, make_progress
-    from industrial_qc.synth import SynthConfig, synthesize
+    from industrial_qc.synth import SynthConfig, synthesize_shown
 
     if image_format not in ("jpg", "png"):
         raise InputError(f"--format {image_format!r}: expected jpg or png")
@@ -53,9 +52,7 @@ def synth(
         split_counts(images, val_frac, test_frac)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    with make_progress(console) as progress:
-        task = add_task(progress, "synth", total=images)
-        rep = synthesize(out, cfg, progress=lambda done, _n: progress.update(task, completed=done))
+    rep = synthesize_shown(out, cfg, console)
     table = Table(title=f"synthetic parts ({size} px, seed {seed})")
     for col in ("split", "images", "good parts"):
         table.add_column(col, justify="right" if col != "split" else "left")

@@ -41,6 +41,12 @@ def extract_square(img: np.ndarray, cx: float, cy: float, side: float, out_size:
     return cv2.resize(native, (out_size, out_size), interpolation=cv2.INTER_AREA)
 
 
+def _halve(img: np.ndarray) -> np.ndarray:
+    """Each 2x2 block averaged (an odd last row or column dropped), so coordinates map exactly by 1/2."""
+    h, w = img.shape[:2]
+    return cv2.resize(img[: h - h % 2, : w - w % 2], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+
+
 def crops_for_boxes(img: np.ndarray, boxes: np.ndarray, crop_size: int, context: float, min_crop: float,
                     scale: float = 1.0) -> np.ndarray:
     """(K, 4) xyxy boxes -> (K, S, S, 3) uint8 crops, S = round(crop_size * scale). ``scale`` > 1 keeps extra
@@ -55,10 +61,7 @@ def crops_for_boxes(img: np.ndarray, boxes: np.ndarray, crop_size: int, context:
         while side / 2 ** (level + 1) >= size and min(pyramid[level].shape[:2]) >= 4:
             level += 1
             if len(pyramid) == level:
-                top = pyramid[-1]
-                th, tw = top.shape[:2]
-                pyramid.append(cv2.resize(top[: th - th % 2, : tw - tw % 2], (tw // 2, th // 2),
-                                          interpolation=cv2.INTER_AREA))
+                pyramid.append(_halve(pyramid[-1]))
         f = 2.0**level
         out[i] = extract_square(pyramid[level], float(cx) / f, float(cy) / f, side / f, size)
     return out

@@ -24,13 +24,13 @@ def run_demo(workdir: Path, *, console: Console, minutes: float) -> dict:
     from industrial_qc.data import load_dataset
     from industrial_qc.evaluate import evaluate_run, summary
     from industrial_qc.line import InspectOptions, run_line
-    from industrial_qc.synth import SynthConfig, synthesize
+    from industrial_qc.synth import SynthConfig, synthesize_shown
     from industrial_qc.train import train_run
 
     workdir = Path(workdir)
     plan = demo_plan(minutes)
     console.print(f"[bold]1/4 synthesize[/] {plan['images']} parts at {plan['size']} px")
-    rep = synthesize(workdir / "data", SynthConfig(images=plan["images"], size=plan["size"], seed=0))
+    rep = synthesize_shown(workdir / "data", SynthConfig(images=plan["images"], size=plan["size"], seed=0), console)
 
     console.print(f"[bold]2/4 train[/] both stages within {minutes:g} min")
     cfg = load_qc_config(None, [f"max_minutes={minutes}", f"detector.imgsz={plan['size']}"])

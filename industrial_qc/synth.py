@@ -448,3 +448,12 @@ def synthesize(out: Path, cfg: SynthConfig, progress=None) -> SynthReport:
     header = f"# vsuite qc synth: {cfg.images} images, {cfg.size} px, seed {cfg.seed}\n"
     yaml_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
     return SynthReport(data_yaml=yaml_path, counts=counts, good=good, defects=defects)
+
+
+def synthesize_shown(out: Path, cfg: SynthConfig, console, description: str = "synth") -> SynthReport:
+    """``synthesize`` with a progress bar on ``console`` (a rich Console)."""
+    from common.progress import add_task, make_progress
+
+    with make_progress(console) as progress:
+        task = add_task(progress, description, total=cfg.images)
+        return synthesize(out, cfg, progress=lambda done, _n: progress.update(task, completed=done))
