@@ -101,7 +101,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float) -> bool:
     if len(gt) == 0:
         return False
-    g = gt.copy()
+    g = np.asarray(gt, np.float32).copy()
     gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
     g[:, 0] -= margin * gw
     g[:, 1] -= margin * gh
@@ -110,6 +110,11 @@ def _overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float) -> bool:
     ix = np.minimum(box[2], g[:, 2]) - np.maximum(box[0], g[:, 0])
     iy = np.minimum(box[3], g[:, 3]) - np.maximum(box[1], g[:, 1])
     return bool(((ix > 0) & (iy > 0)).any())
+
+
+def defect_free(boxes: np.ndarray, gt: np.ndarray, margin: float = 0.25) -> np.ndarray:
+    """Mask (N,) of the xyxy ``boxes`` that touch no ground-truth box grown by ``margin`` of its size."""
+    return np.array([not _overlaps_any(b, gt, margin) for b in np.asarray(boxes, np.float32).reshape(-1, 4)], bool)
 
 
 def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt: np.ndarray, n: int,
@@ -141,7 +146,7 @@ def hard_negative_boxes(det_boxes: np.ndarray, det_scores: np.ndarray, gt: np.nd
     if len(det_boxes) == 0 or k == 0:
         return np.zeros((0, 4), np.float32)
     if len(gt):
-        keep = np.array([not _overlaps_any(b, gt, margin) for b in np.asarray(det_boxes, np.float32)], bool)
+        keep = defect_free(det_boxes, gt, margin)
         det_boxes, det_scores = det_boxes[keep], det_scores[keep]
     order = np.argsort(-det_scores)[:k]
     return det_boxes[order].astype(np.float32)

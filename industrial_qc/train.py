@@ -23,12 +23,13 @@ from common.export import ExportError, quantize_int8, write_metadata
 from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
-from industrial_qc.config import ClassifierConfig, QCConfig
+from industrial_qc.config import ClassifierConfig, QCConfig, VerdictConfig
+from industrial_qc.crops import defect_free
 from industrial_qc.cropset import TRAIN_MARGIN, CropSet, build_crop_set, defect_rel_sizes
 from industrial_qc.data import Sample, fingerprint, load_dataset, read_image, write_resolved_yaml
 from industrial_qc.evaluate import pipeline_metrics
 from industrial_qc.pipeline import LINE_CLASSIFIER_INT8, Detections, OnnxClassifier, OnnxDetector, Pipeline
-from industrial_qc.verdict import choose_thresholds
+from industrial_qc.verdict import Thresholds, choose_thresholds
 
 # Seconds kept back from the budget for ONNX export, hard-negative mining, thresholds and plots.
 MIN_RESERVE_S = 15.0
@@ -54,6 +55,30 @@ def _detect_all(detector: OnnxDetector, samples: list[Sample], progress, label: 
         progress.update(task, advance=1)
         update_rate(progress, task, "img")
     return out
+
+
+def _defect_free_score(boxes: np.ndarray, probs: np.ndarray, gt: np.ndarray) -> float:
+    """Highest defect probability among a part's crops that touch no labelled defect (the rule hard negatives
+    follow), 0 when there are none: what this part would score if it were good."""
+    if len(boxes) == 0:
+        return 0.0
+    free = defect_free(boxes, gt)
+    return float((1 - probs[free, 0]).max()) if free.any() else 0.0
+
+
+def val_thresholds(vcfg: VerdictConfig, val: list[Sample], dets: list[Detections], probs: list[np.ndarray],
+                   gt: list[np.ndarray]) -> Thresholds:
+    """The verdict thresholds from the val parts' line detections, their class probabilities (K, C) and the
+    ground-truth boxes in pixels."""
+    scores = np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in probs])
+    free = None
+    if vcfg.fail_from_defect_free_regions:
+        free = np.array([_defect_free_score(d.boxes, p, g) for s, d, p, g in zip(val, dets, probs, gt, strict=True)
+                         if s.defective])
+    return choose_thresholds(scores, np.array([s.defective for s in val]), target_recall=vcfg.target_recall,
+                             max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
+                             max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold,
+                             defect_free_scores=free)
 
 
 def _calibration_batches(clf: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
@@ -219,9 +244,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     line_classifier = classifier.model.path.name
     scores = np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in val_probs])
     vcfg = cfg.verdict
-    th = choose_thresholds(scores, np.array([s.defective for s in val]), target_recall=vcfg.target_recall,
-                           max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
-                           max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold)
+    th = val_thresholds(vcfg, val, val_dets, val_probs, val_gt)
     thresholds = th.to_dict()
     for path in {out / "classifier.onnx", classifier.model.path}:
         write_metadata(path, {"thresholds": thresholds})

@@ -41,6 +41,8 @@ def test_run_directory(tiny_run):
     assert run["labels"] == ["background", "scratch", "pit", "stain", "crack"]
     th = run["thresholds"]
     assert 0 < th["review"] <= th["fail"] <= 1
+    # the fail threshold's sample: every val part (good ones whole, defective ones away from their defects)
+    assert th["fail_reference_parts"] == th["val_parts"] and 0 <= th["fail_reference_false_alarm"] <= 1
     assert run["config"]["detector"]["model"] == "yolov5nu.yaml"
     # the ONNX files explain themselves
     det, clf = OnnxDetector(tiny_run / "detector.onnx"), OnnxClassifier(tiny_run / "classifier.onnx")

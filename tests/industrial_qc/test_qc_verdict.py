@@ -8,6 +8,7 @@ import pytest
 from industrial_qc.crops import (
     box_iou,
     crops_for_boxes,
+    defect_free,
     hard_negative_boxes,
     matched_proposal_boxes,
     square_regions,
@@ -60,6 +61,36 @@ def test_thresholds_when_perfectly_separated():
                            max_review=0.5, min_fail=0.5)
     assert th.review == 0.5 and th.fail == 0.5  # review capped: p >= 0.5 is never passed
     assert th.val_recall == 1.0 and th.val_false_reject == 0.0 and th.val_review_rate == 0.0
+
+
+def test_fail_threshold_reads_defect_free_regions_too():
+    # 4 good val parts cannot place a 1 % false-reject point: alone they put it just above their maximum (0.6). The
+    # defect-free regions of 96 defective parts say that 3 % of clean surface scores 0.9 or more.
+    good = np.array([0.1, 0.2, 0.3, 0.6])
+    defective_scores = np.full(96, 0.99)
+    scores = np.concatenate([good, defective_scores])
+    defective = np.r_[np.zeros(4, bool), np.ones(96, bool)]
+    free = np.r_[np.full(93, 0.05), [0.9, 0.95, 0.97]]
+    kw = dict(target_recall=0.99, max_false_reject=0.01, min_review=0.02, max_review=0.5, min_fail=0.5)
+    alone = choose_thresholds(scores, defective, **kw)
+    assert 0.6 < alone.fail < 0.61 and alone.fail_reference_parts == 4
+    pooled = choose_thresholds(scores, defective, defect_free_scores=free, **kw)
+    assert 0.95 < pooled.fail <= 0.97  # fails 1 of the 100 clean samples (allowed: 1 %)
+    assert pooled.fail_reference_parts == 100 and pooled.fail_reference_false_alarm == pytest.approx(0.01)
+    assert pooled.review == alone.review  # the review threshold still comes from the defective parts
+    assert pooled.val_false_reject == 0.0
+
+
+def test_defect_free_keeps_only_candidates_clear_of_every_defect():
+    gt = np.array([[10, 100, 210, 110]], np.float32)  # a long thin scratch
+    dets = np.array([[190, 95, 215, 115],  # on its end: IoU < 0.1, but its crop shows the scratch
+                     [100, 111, 120, 130],  # just below it (gap 1 px), inside the 25 % margin (2.5 px)
+                     [100, 200, 120, 220],  # clear
+                     [300, 10, 320, 30]], np.float32)  # clear
+    assert box_iou(dets[:1], gt)[0, 0] < 0.1
+    np.testing.assert_array_equal(defect_free(dets, gt), [False, False, True, True])
+    assert defect_free(dets, np.zeros((0, 4), np.float32)).all()
+    assert defect_free(np.zeros((0, 4), np.float32), gt).shape == (0,)
 
 
 def test_letterbox_and_decode_map_back():
