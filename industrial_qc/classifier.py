@@ -6,13 +6,15 @@ temperature and ``common.export`` writes the self-describing ONNX file.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -71,22 +73,47 @@ def augmentation(cfg: AugmentConfig, crop_size: int) -> A.Compose:
     ])
 
 
-class CropDataset(Dataset):
-    """(x, y): x (3, S, S) float32 normalised RGB, y int64. Crops are stored with the training margin."""
+def invert_polarity(crop: np.ndarray) -> np.ndarray:
+    """``crop`` (H, W, 3) uint8 mirrored around its mean colour: bright marks turn dark and dark ones bright."""
+    mean = crop.reshape(-1, crop.shape[-1]).mean(axis=0)
+    return np.clip(np.rint(2 * mean - crop.astype(np.float32)), 0, 255).astype(np.uint8)
 
-    def __init__(self, crops: CropSet, crop_size: int, transform: A.Compose | None, normalize: str = "per_crop"
-                 ) -> None:
+
+def polarity_flip_classes(cfg: AugmentConfig, labels: list[str], train_set: CropSet) -> list[str]:
+    """The defect classes whose crops get polarity flips: ``cfg.invert_classes`` as given, or ("auto") those
+    whose training defects are bright in at least ``invert_min_share`` and dark in as many (a scratch can be
+    either; a crack or a stain in the data always darkens, and flipping it would invent a defect no part shows)."""
+    if cfg.invert_classes == "auto":
+        shares = train_set.bright_share(len(labels))
+        return [labels[c] for c, b in shares.items() if min(b, 1 - b) >= cfg.invert_min_share]
+    unknown = set(cfg.invert_classes) - set(labels[1:])
+    if unknown:
+        raise InputError(f"classifier.augment.invert_classes: {sorted(unknown)} are not defect classes {labels[1:]}")
+    return list(cfg.invert_classes)
+
+
+class CropDataset(Dataset):
+    """(x, y): x (3, S, S) float32 normalised RGB, y int64. Crops are stored with the training margin.
+    ``invert``: probability of a polarity flip for the crops whose target is in ``invert_targets``."""
+
+    def __init__(self, crops: CropSet, crop_size: int, transform: A.Compose | None, normalize: str = "per_crop",
+                 invert: float = 0.0, invert_targets: tuple[int, ...] = ()) -> None:
         self.normalize = normalize
         self.crops = crops.crops
         self.targets = crops.targets
         self.crop_size = crop_size
         self.transform = transform or A.Compose([A.CenterCrop(crop_size, crop_size)])
+        self.invert = invert
+        self.invert_targets = frozenset(invert_targets)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.transform(image=self.crops[i])["image"]
+        crop = self.crops[i]
+        if self.invert and int(self.targets[i]) in self.invert_targets and random.random() < self.invert:
+            crop = invert_polarity(crop)
+        img = self.transform(image=crop)["image"]
         x = to_tensor_batch(img[None], normalize=self.normalize)[0]
         return torch.from_numpy(x), int(self.targets[i])
 
@@ -101,6 +128,7 @@ class ClassifierResult:
     stopped_reason: str
     val_metrics: dict
     seconds: float
+    polarity_flips: list[str] = field(default_factory=list)  # classes trained with polarity flips
 
 
 def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSet, val_set: CropSet,
@@ -113,7 +141,11 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
         raise InputError("no classifier crops: the dataset has no boxes in train or val")
     model = build_classifier(cfg.arch, len(labels), cfg.stem, cfg.weights)
     gen = torch.Generator().manual_seed(seed)
-    train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size), cfg.normalize)
+    flipped = polarity_flip_classes(cfg.augment, labels, train_set)
+    if cfg.augment.invert and console is not None:
+        console.print(f"  polarity flips (p={cfg.augment.invert}) for: {', '.join(flipped) or 'no class'}")
+    train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size), cfg.normalize,
+                           invert=cfg.augment.invert, invert_targets=tuple(labels.index(c) for c in flipped))
     train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
                               num_workers=cfg.workers, drop_last=len(train_set) > cfg.train.batch_size)
     val_ds = CropDataset(val_set, cfg.crop_size, None, cfg.normalize)
@@ -125,7 +157,7 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
     val_metrics = classification_metrics(res.val_targets, softmax(res.val_logits, temperature), labels)
     val_metrics["temperature"] = temperature
     return ClassifierResult(model, labels, temperature, res.best_path, res.history, res.stopped_reason, val_metrics,
-                            time.monotonic() - t0)
+                            time.monotonic() - t0, flipped if cfg.augment.invert else [])
 
 
 def export_classifier(model: nn.Module, cfg: ClassifierConfig, labels: list[str], temperature: float, path: Path,

@@ -87,6 +87,12 @@ class AugmentConfig(StrictModel):
     noise: float = Field(default=0.3, ge=0, le=1)
     brightness_contrast: float = Field(default=0.5, ge=0, le=1)
     hsv: float = Field(default=0.3, ge=0, le=1)
+    # polarity flip (each crop mirrored around its mean colour: a dark line becomes a bright one) with this
+    # probability, for the crops of the classes in invert_classes only. "auto": the classes whose training
+    # defects go both ways, at least invert_min_share of them bright and at least as many dark
+    invert: float = Field(default=0.0, ge=0, le=1)
+    invert_classes: Literal["auto"] | list[str] = "auto"
+    invert_min_share: float = Field(default=0.25, gt=0, le=0.5)
 
 
 class ClassifierConfig(StrictModel):

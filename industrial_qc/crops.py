@@ -85,6 +85,24 @@ def to_tensor_batch(crops_bgr: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def box_polarity(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """+1 where the mark inside each xyxy box is brighter than its surroundings, -1 where it is darker: the
+    larger of the box's bright and dark extremes (1st / 99th percentile) against a median background as wide
+    as the box, which a thin line or a small spot does not move. ``gray`` (H, W) uint8."""
+    out = np.zeros(len(boxes), np.int8)
+    h, w = gray.shape[:2]
+    for i, (x1, y1, x2, y2) in enumerate(np.rint(np.asarray(boxes, np.float32).reshape(-1, 4)).astype(int)):
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, max(x2, x1 + 1)), min(h, max(y2, y1 + 1))
+        side = max(x2 - x1, y2 - y1)
+        wx1, wy1, wx2, wy2 = max(0, x1 - side), max(0, y1 - side), min(w, x2 + side), min(h, y2 + side)
+        win = np.ascontiguousarray(gray[wy1:wy2, wx1:wx2])
+        k = min(int(np.clip(2 * (side // 2) + 1, 5, 99)), 2 * ((min(win.shape) - 1) // 2) + 1)  # odd, fits
+        background = cv2.medianBlur(win, k) if k >= 3 else np.median(win)
+        res = (win.astype(np.float32) - background)[y1 - wy1 : y2 - wy1, x1 - wx1 : x2 - wx1]
+        out[i] = 1 if np.quantile(res, 0.99) > -np.quantile(res, 0.01) else -1
+    return out
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix (N, M) of xyxy boxes."""
     a = np.asarray(a, np.float32).reshape(-1, 4)

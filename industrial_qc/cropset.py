@@ -6,9 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from industrial_qc.crops import crops_for_boxes, hard_negative_boxes, matched_proposal_boxes, random_background_boxes
+from industrial_qc.crops import (
+    box_polarity,
+    crops_for_boxes,
+    hard_negative_boxes,
+    matched_proposal_boxes,
+    random_background_boxes,
+)
 from industrial_qc.data import Sample, read_image
 
 TRAIN_MARGIN = 1.5  # training crops keep 1.5x the context; augmentation shifts/zooms, then a centre crop
@@ -16,17 +23,26 @@ TRAIN_MARGIN = 1.5  # training crops keep 1.5x the context; augmentation shifts/
 
 @dataclass
 class CropSet:
-    """crops (N, S, S, 3) uint8 BGR, targets (N,) int64 (0 = background, k = names[k - 1]), kind (N,) str."""
+    """crops (N, S, S, 3) uint8 BGR, targets (N,) int64 (0 = background, k = names[k - 1]), kind (N,) str,
+    polarity (N,) int8: +1 a bright mark, -1 a dark one (``crops.box_polarity``) for the ground-truth crops,
+    0 for the others."""
 
     crops: np.ndarray
     targets: np.ndarray
     kinds: np.ndarray
+    polarity: np.ndarray
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def counts(self, n_classes: int) -> list[int]:
         return np.bincount(self.targets, minlength=n_classes).tolist()
+
+    def bright_share(self, n_classes: int) -> dict[int, float]:
+        """Per defect class with ground-truth crops: the share of them that are bright marks."""
+        gt = self.kinds == "defect"
+        return {c: float((self.polarity[gt & (self.targets == c)] > 0).mean()) for c in range(1, n_classes)
+                if (gt & (self.targets == c)).any()}
 
 
 def defect_rel_sizes(samples: Sequence[Sample]) -> np.ndarray:
@@ -59,9 +75,10 @@ def build_crop_set(
     n_gt = sum(len(s.boxes) for s in samples)
     n_bg = round(background_per_defect * max(n_gt, 1))
     bg_per_image = np.bincount(rng.integers(0, len(samples), n_bg), minlength=len(samples)) if samples else []
-    crops, targets, kinds = [], [], []
+    crops, targets, kinds, polarity = [], [], [], []
     for i, s in enumerate(samples):
         img = read_image(s.image)
+        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
         h, w = img.shape[:2]
         gt = s.boxes_xyxy(w, h)
         parts = [(gt, s.classes + 1, "defect")]
@@ -79,6 +96,7 @@ def build_crop_set(
                 crops.append(crops_for_boxes(img, boxes, crop_size, context, min_crop, scale))
                 targets.append(np.asarray(tgt, np.int64))
                 kinds += [kind] * len(boxes)
+                polarity.append(box_polarity(gray, boxes) if kind == "defect" else np.zeros(len(boxes), np.int8))
         if on_image is not None:
             on_image()
     size = round(crop_size * scale)
@@ -86,4 +104,5 @@ def build_crop_set(
         crops=np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
         targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
         kinds=np.array(kinds, dtype=object),
+        polarity=np.concatenate(polarity) if polarity else np.zeros(0, np.int8),
     )

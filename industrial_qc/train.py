@@ -261,7 +261,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         "classifier": {k: v for k, v in clf.val_metrics.items()}
         | {"epochs": len(clf.history), "stopped": clf.stopped_reason, "minutes": clf.seconds / 60,
            "train_crops": len(train_set), "val_crops": len(val_set), "line_classifier": line_classifier,
-           "torch_threads": cls_threads,
+           "torch_threads": cls_threads, "polarity_flips": clf.polarity_flips,
            "int8_check": int8_check},
         "thresholds": thresholds,
         "val_pipeline": val_pipeline,

@@ -1,0 +1,80 @@
+"""Polarity of a defect mark and the class-conditional polarity flip of stage 2's training crops."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from common.errors import InputError
+from industrial_qc.classifier import CropDataset, invert_polarity, polarity_flip_classes
+from industrial_qc.config import AugmentConfig
+from industrial_qc.crops import box_polarity, to_tensor_batch
+from industrial_qc.cropset import CropSet
+
+LABELS = ["background", "scratch", "pit", "crack"]
+
+
+def _surface(seed: int = 0, size: int = 160) -> np.ndarray:
+    """Brushed-metal-like grey texture: streaks along x plus sensor noise."""
+    rng = np.random.default_rng(seed)
+    streaks = cv2.GaussianBlur(rng.normal(0, 12, (size, size)).astype(np.float32), (0, 0), sigmaX=15, sigmaY=0.7)
+    return np.clip(128 + streaks + rng.normal(0, 3, (size, size)), 0, 255).astype(np.float32)
+
+
+def test_box_polarity_tells_bright_from_dark_marks_on_texture():
+    boxes, expected = [], []
+    g = _surface()
+    cv2.line(g, (20, 30), (70, 60), 160, 1)  # bright hairline
+    boxes.append([18, 28, 72, 62])
+    expected.append(1)
+    cv2.line(g, (90, 20), (140, 70), 95, 1)  # dark hairline
+    boxes.append([88, 18, 142, 72])
+    expected.append(-1)
+    cv2.circle(g, (40, 120), 7, 150, 2)  # a pit: dark dent with a lit rim
+    cv2.circle(g, (40, 120), 5, 70, -1)
+    boxes.append([31, 111, 49, 129])
+    expected.append(-1)
+    gray = g.astype(np.uint8)
+    np.testing.assert_array_equal(box_polarity(gray, np.array(boxes, np.float32)), expected)
+    assert box_polarity(gray, np.zeros((0, 4), np.float32)).shape == (0,)
+    assert box_polarity(gray, np.array([[150, 150, 160, 160]], np.float32)).shape == (1,)  # at the border
+
+
+def test_invert_polarity_turns_a_dark_line_bright_and_keeps_the_mean():
+    crop = np.full((32, 32, 3), 120, np.uint8)
+    crop[16, :] = (60, 70, 80)
+    out = invert_polarity(crop)
+    assert out.dtype == np.uint8
+    assert (out[16].astype(int) > out[0].astype(int)).all()  # the line is now brighter than the surface
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), crop.reshape(-1, 3).mean(0), atol=0.6)
+
+
+def _crop_set(polarity_by_class: dict[int, list[int]]) -> CropSet:
+    targets = [0, 0] + [c for c, pol in polarity_by_class.items() for _ in pol]
+    polarity = [0, 0] + [p for pol in polarity_by_class.values() for p in pol]
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (len(targets), 48, 48, 3), dtype=np.uint8)
+    return CropSet(crops=crops, targets=np.array(targets, np.int64), kinds=np.array(["random"] * 2 + ["defect"] * (
+        len(targets) - 2), dtype=object), polarity=np.array(polarity, np.int8))
+
+
+def test_auto_polarity_flips_only_classes_that_go_both_ways():
+    cs = _crop_set({1: [1, 1, -1, -1, 1], 2: [-1, -1, -1, -1, 1], 3: [-1] * 6})  # 60 %, 20 %, 0 % bright
+    cfg = AugmentConfig(invert=0.5)
+    assert polarity_flip_classes(cfg, LABELS, cs) == ["scratch"]
+    assert polarity_flip_classes(AugmentConfig(invert=0.5, invert_min_share=0.2), LABELS, cs) == ["scratch", "pit"]
+    assert polarity_flip_classes(AugmentConfig(invert=0.5, invert_classes=["crack"]), LABELS, cs) == ["crack"]
+    with pytest.raises(InputError, match="rust"):
+        polarity_flip_classes(AugmentConfig(invert=0.5, invert_classes=["rust"]), LABELS, cs)
+
+
+def test_crop_dataset_flips_the_chosen_classes_only():
+    cs = _crop_set({1: [1, -1], 3: [-1, -1]})
+    flipping = CropDataset(cs, 32, None, normalize="imagenet", invert=1.0, invert_targets=(1,))
+    for i, t in enumerate(cs.targets):
+        x, y = flipping[i]
+        assert y == t
+        crop = invert_polarity(cs.crops[i]) if t == 1 else cs.crops[i]
+        expected = to_tensor_batch(crop[None, 8:40, 8:40], normalize="imagenet")[0]  # the centre 32 of 48
+        np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
