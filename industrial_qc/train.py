@@ -66,11 +66,16 @@ def _defect_free_score(boxes: np.ndarray, probs: np.ndarray, gt: np.ndarray) -> 
     return float((1 - probs[free, 0]).max()) if free.any() else 0.0
 
 
+def _part_scores(probs: list[np.ndarray]) -> np.ndarray:
+    """Each part's highest candidate defect probability (1 - P(background)), 0 without candidates."""
+    return np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in probs])
+
+
 def val_thresholds(vcfg: VerdictConfig, val: list[Sample], dets: list[Detections], probs: list[np.ndarray],
                    gt: list[np.ndarray]) -> Thresholds:
     """The verdict thresholds from the val parts' line detections, their class probabilities (K, C) and the
     ground-truth boxes in pixels."""
-    scores = np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in probs])
+    scores = _part_scores(probs)
     free = None
     if vcfg.fail_from_defect_free_regions:
         free = np.array([_defect_free_score(d.boxes, p, g) for s, d, p, g in zip(val, dets, probs, gt, strict=True)
@@ -242,7 +247,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
                           "by more than 0.1)[/]")
             int8.model.path.unlink()
     line_classifier = classifier.model.path.name
-    scores = np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in val_probs])
+    scores = _part_scores(val_probs)
     vcfg = cfg.verdict
     th = val_thresholds(vcfg, val, val_dets, val_probs, val_gt)
     thresholds = th.to_dict()
