@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -108,7 +109,7 @@ def main() -> int:
     from common.progress import add_task, make_progress, update_rate
     from common.runtime import seed_everything, set_torch_threads
     from industrial_qc.classifier import export_classifier, train_classifier
-    from industrial_qc.config import load_qc_config
+    from industrial_qc.config import DEFAULT_CONFIG, load_qc_config
     from industrial_qc.data import load_dataset, read_image
     from industrial_qc.evaluate import classifier_gt_metrics_all_splits
     from industrial_qc.pipeline import OnnxClassifier, OnnxDetector
@@ -126,12 +127,15 @@ def main() -> int:
         variants[name] = re.split(r",(?=[A-Za-z_][\w.]*=)", sets)
     if not variants:
         ap.error("nothing to run: --skip-baseline without --variant")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    # every run reads a copy taken now: editing the default config during a long run changes nothing here
+    base_config = args.workdir / "base_config.yaml"
+    shutil.copyfile(DEFAULT_CONFIG, base_config)
     for name, sets in variants.items():  # a bad key fails now, not after the first variant's training
         try:
-            load_qc_config(None, sets)
+            load_qc_config(base_config, sets)
         except Exception as exc:
             ap.error(f"--variant {name}: {exc}")
-    args.workdir.mkdir(parents=True, exist_ok=True)
 
     ds = load_dataset(args.data, ("train", "val"))
     train, val = ds.split("train"), ds.split("val")
@@ -155,7 +159,7 @@ def main() -> int:
         for seed in args.seeds:
             fixed = [f"seed={seed}", f"classifier.train.epochs={args.epochs}", f"classifier.train.t0={args.epochs}",
                      f"classifier.train.patience={args.epochs + 1}"]
-            cfg = load_qc_config(None, [*sets, *fixed])
+            cfg = load_qc_config(base_config, [*sets, *fixed])
             seed_everything(seed)
             threads = set_torch_threads(cfg.threads)
             tr, va = stage2_crop_sets(cfg.classifier, train, val, train_dets, val_dets, seed)
