@@ -43,8 +43,9 @@ def _held_out(args: argparse.Namespace, image_size: int, console) -> Path:
 
 
 def _held_out_candidates(held_yaml: Path, detector, console) -> dict:
-    """The fixed detector's candidates on every held-out part, cut as stage-2 crops once for all variants:
-    ``crops`` (list of (K, S, S, 3) per part, crop geometry of the run's classifier) and ``defective`` (N,)."""
+    """The fixed detector's candidates on every held-out part, found once for all variants: ``images``,
+    ``boxes`` (K, 4) per part and ``defective`` (N,). Each classifier cuts its own crops (a variant may change
+    the crop geometry)."""
     import numpy as np
 
     from common.progress import add_task, make_progress, update_rate
@@ -170,8 +171,9 @@ def main() -> int:
                                    device=torch.device("cpu"), seed=seed, console=console)
             minutes = (time.monotonic() - t0) / 60
             export_classifier(res.model, cfg.classifier, labels, res.temperature, out / "classifier.onnx", {})
-            gt = classifier_gt_metrics_all_splits(OnnxClassifier(out / "classifier.onnx"), held_yaml, ds.names)
-            parts = _part_separation(OnnxClassifier(out / "classifier.onnx"), held_parts)
+            clf = OnnxClassifier(out / "classifier.onnx")
+            gt = classifier_gt_metrics_all_splits(clf, held_yaml, ds.names)
+            parts = _part_separation(clf, held_parts)
             cm = np.array(gt["with_background"]["confusion_matrix"])
             per_class = {labels[c]: float(cm[c, c] / max(cm[c].sum(), 1)) for c in range(1, len(labels))}
             row = {"variant": name, "overrides": sets, "seed": seed, "epochs": len(res.history), "threads": threads,

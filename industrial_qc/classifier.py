@@ -141,7 +141,7 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
         raise InputError("no classifier crops: the dataset has no boxes in train or val")
     model = build_classifier(cfg.arch, len(labels), cfg.stem, cfg.weights)
     gen = torch.Generator().manual_seed(seed)
-    flipped = polarity_flip_classes(cfg.augment, labels, train_set)
+    flipped = polarity_flip_classes(cfg.augment, labels, train_set) if cfg.augment.invert else []
     if cfg.augment.invert and console is not None:
         console.print(f"  polarity flips (p={cfg.augment.invert}) for: {', '.join(flipped) or 'no class'}")
     train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size), cfg.normalize,
@@ -157,7 +157,7 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
     val_metrics = classification_metrics(res.val_targets, softmax(res.val_logits, temperature), labels)
     val_metrics["temperature"] = temperature
     return ClassifierResult(model, labels, temperature, res.best_path, res.history, res.stopped_reason, val_metrics,
-                            time.monotonic() - t0, flipped if cfg.augment.invert else [])
+                            time.monotonic() - t0, flipped)
 
 
 def export_classifier(model: nn.Module, cfg: ClassifierConfig, labels: list[str], temperature: float, path: Path,

@@ -24,13 +24,13 @@ TRAIN_MARGIN = 1.5  # training crops keep 1.5x the context; augmentation shifts/
 @dataclass
 class CropSet:
     """crops (N, S, S, 3) uint8 BGR, targets (N,) int64 (0 = background, k = names[k - 1]), kind (N,) str,
-    polarity (N,) int8: +1 a bright mark, -1 a dark one (``crops.box_polarity``) for the ground-truth crops,
-    0 for the others."""
+    polarity (N,) int8 when measured (``build_crop_set(measure_polarity=True)``): +1 a bright mark, -1 a dark one
+    (``crops.box_polarity``) for the ground-truth crops, 0 for the others."""
 
     crops: np.ndarray
     targets: np.ndarray
     kinds: np.ndarray
-    polarity: np.ndarray
+    polarity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -40,6 +40,8 @@ class CropSet:
 
     def bright_share(self, n_classes: int) -> dict[int, float]:
         """Per defect class with ground-truth crops: the share of them that are bright marks."""
+        if self.polarity is None:
+            raise ValueError("bright_share: this crop set was built without measure_polarity=True")
         gt = self.kinds == "defect"
         return {c: float((self.polarity[gt & (self.targets == c)] > 0).mean()) for c in range(1, n_classes)
                 if (gt & (self.targets == c)).any()}
@@ -65,11 +67,13 @@ def build_crop_set(
     seed: int = 0,
     rel_sizes: np.ndarray | None = None,
     on_image: Callable[[], None] | None = None,
+    measure_polarity: bool = False,
 ) -> CropSet:
     """Crops of every ground-truth box, ``background_per_defect`` random clean windows per box (spread over all
     images, good parts included), up to ``hard_negatives_per_image`` unmatched detections per image and up to
     ``proposals_per_defect`` detections per box that match it (IoU >= 0.5, labelled with its class)
-    (``detections[i] = (boxes xyxy px, scores)`` for ``samples[i]``)."""
+    (``detections[i] = (boxes xyxy px, scores)`` for ``samples[i]``). ``measure_polarity``: also each
+    ground-truth crop's polarity (what ``classifier.augment.invert_classes: auto`` reads)."""
     rng = np.random.default_rng(seed)
     rel_sizes = defect_rel_sizes(samples) if rel_sizes is None else rel_sizes
     n_gt = sum(len(s.boxes) for s in samples)
@@ -78,7 +82,7 @@ def build_crop_set(
     crops, targets, kinds, polarity = [], [], [], []
     for i, s in enumerate(samples):
         img = read_image(s.image)
-        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+        gray = (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img) if measure_polarity else None
         h, w = img.shape[:2]
         gt = s.boxes_xyxy(w, h)
         parts = [(gt, s.classes + 1, "defect")]
@@ -96,7 +100,8 @@ def build_crop_set(
                 crops.append(crops_for_boxes(img, boxes, crop_size, context, min_crop, scale))
                 targets.append(np.asarray(tgt, np.int64))
                 kinds += [kind] * len(boxes)
-                polarity.append(box_polarity(gray, boxes) if kind == "defect" else np.zeros(len(boxes), np.int8))
+                if measure_polarity:
+                    polarity.append(box_polarity(gray, boxes) if kind == "defect" else np.zeros(len(boxes), np.int8))
         if on_image is not None:
             on_image()
     size = round(crop_size * scale)
@@ -104,5 +109,5 @@ def build_crop_set(
         crops=np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
         targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
         kinds=np.array(kinds, dtype=object),
-        polarity=np.concatenate(polarity) if polarity else np.zeros(0, np.int8),
+        polarity=(np.concatenate(polarity) if polarity else np.zeros(0, np.int8)) if measure_polarity else None,
     )

@@ -129,8 +129,9 @@ def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Samp
               background_per_defect=ccfg.background_per_defect, rel_sizes=defect_rel_sizes(train),
               hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0,
               proposals_per_defect=ccfg.proposals_per_defect)
+    auto_flip = ccfg.augment.invert > 0 and ccfg.augment.invert_classes == "auto"
     train_set = build_crop_set(train, detections={i: (d.boxes, d.scores) for i, d in enumerate(train_dets)},
-                               seed=seed, **kw)
+                               seed=seed, measure_polarity=auto_flip, **kw)
     val_set = build_crop_set(val, detections={i: (d.boxes, d.scores) for i, d in enumerate(val_dets)},
                              seed=seed + 1, **kw)
     return train_set, val_set

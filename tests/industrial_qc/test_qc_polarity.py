@@ -78,3 +78,22 @@ def test_crop_dataset_flips_the_chosen_classes_only():
         crop = invert_polarity(cs.crops[i]) if t == 1 else cs.crops[i]
         expected = to_tensor_batch(crop[None, 8:40, 8:40], normalize="imagenet")[0]  # the centre 32 of 48
         np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
+
+
+def test_crop_sets_measure_polarity_only_when_asked(tiny_data):
+    from industrial_qc.cropset import build_crop_set
+    from industrial_qc.data import load_dataset
+
+    train = load_dataset(tiny_data, ("train",)).split("train")
+    kw = dict(crop_size=32, context=0.15, min_crop=0.06)
+    plain = build_crop_set(train, **kw)
+    assert plain.polarity is None
+    with pytest.raises(ValueError, match="measure_polarity"):
+        plain.bright_share(len(LABELS) + 1)
+    measured = build_crop_set(train, measure_polarity=True, **kw)
+    gt = measured.kinds == "defect"
+    assert gt.any() and set(measured.polarity[gt].tolist()) <= {-1, 1}
+    assert (measured.polarity[~gt] == 0).all()
+    np.testing.assert_array_equal(measured.targets, plain.targets)  # same crops, one more field
+    shares = measured.bright_share(5)
+    assert shares and all(0 <= v <= 1 for v in shares.values())
