@@ -3,8 +3,9 @@ reviewed truth, and the YOLO export of reviewed parts.
 
 A qc record (``industrial_qc.line`` / ``industrial_qc.score``) holds ``file`` (or ``source``), ``timestamp``,
 ``verdict``, ``defects`` (each: ``box`` xyxy px, ``det_class``, ``det_conf``, ``cls_class``, ``cls_prob``,
-``defect_prob``, ``level``: fail | review), ``latency_ms``, ``run_id``, ``status``, ``reason`` and optionally
-``width``/``height``, ``max_defect_prob``. Readers here accept missing optional fields and a few spellings of each.
+``defect_prob``, ``defect_score`` (what the verdict read), ``level``: fail | review), ``latency_ms``, ``run_id``,
+``status``, ``reason`` and optionally ``width``/``height``, ``max_defect_prob``, ``max_defect_score``.
+Readers here accept missing optional fields and a few spellings of each.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def norm_defect(d: dict) -> dict:
         "cls_class": str(cls_class if cls_class is not None else "defect"),
         "cls_prob": None if cls_prob is None else float(cls_prob),
         "defect_prob": float(defect_prob) if defect_prob is not None else 0.0,
+        # what the verdict compared with the thresholds; records from before it was written: the probability
+        "defect_score": float(_first(d, "defect_score", default=defect_prob if defect_prob is not None else 0.0)),
         "probs": decode_nested(d.get("probs") or d.get("probabilities")),
         "level": None if _first(d, "level") is None else str(_first(d, "level")).lower(),
     }
@@ -72,6 +75,8 @@ def norm_record(rec: dict, index: int) -> dict:
         "reason": _first(rec, "reason"),
         "defects": defects,
         "max_defect_prob": float(top),
+        "max_defect_score": float(_first(rec, "max_defect_score",
+                                         default=max((d["defect_score"] for d in defects), default=top))),
         "latency_ms": _first(rec, "latency_ms", "latency"),
         "run_id": _first(rec, "run_id"),
         "width": _first(rec, "width"),

@@ -124,7 +124,8 @@ def part_view(ctx: dict, item: str, items: list[str]) -> None:
         verdict_badge(part["verdict"])
         st.markdown(f"**{part['file']}**  \n{part['timestamp'] or 'no timestamp'}"
                     + (f" · {part['latency_ms']:.0f} ms" if isinstance(part["latency_ms"], int | float) else "")
-                    + f" · top defect probability {part['max_defect_prob']:.2f}")
+                    + f" · top defect score {part['max_defect_score']:.2f}"
+                    + f" (probability {part['max_defect_prob']:.2f})")
         if part["status"] != "ok":
             st.error(f"{part['file']}: the line could not inspect this part: {part['reason'] or 'unknown error'}")
         else:
@@ -171,7 +172,8 @@ def crops_panel(ctx: dict, part: dict, img) -> None:
         det = f"detector {d['det_class']} {d['det_conf']:.2f}" if d["det_conf"] is not None else "detector -"
         cls_p = d["cls_prob"] if d["cls_prob"] is not None else d["defect_prob"]
         level = f" · {d['level'].upper()} level" if d.get("level") else ""
-        c_txt.markdown(f"**#{i} {d['cls_class']}** {cls_p:.2f}  \n{det} · defect p {d['defect_prob']:.2f}{level}")
+        c_txt.markdown(f"**#{i} {d['cls_class']}** {cls_p:.2f}  \n{det} · defect p {d['defect_prob']:.2f}"
+                       f" · score {d['defect_score']:.2f}{level}")
         if probs is not None and i < len(probs):
             labels = ctx["clf"].labels
             top = sorted(zip(labels, probs[i], strict=False), key=lambda t: -t[1])[:4]

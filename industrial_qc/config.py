@@ -138,6 +138,12 @@ class VerdictConfig(StrictModel):
     # (their highest defect probability away from every labelled defect), not from the good parts alone: 4x the
     # sample on the benchmark's split (25 good of 100). See ``industrial_qc.verdict.choose_thresholds``.
     fail_from_defect_free_regions: bool = True
+    # What the thresholds apply to: "both" = sqrt(classifier defect probability x detector confidence) per
+    # candidate, "classifier" = the classifier's probability alone. See ``industrial_qc.verdict``.
+    score: Literal["both", "classifier"] = "both"
+    # The parts the thresholds are read from: "train+val" adds the train split (scored by the trained models) when
+    # the val parts agree with it, else val alone; "val" = val alone. See ``industrial_qc.verdict.choose_thresholds``.
+    reference: Literal["train+val", "val"] = "train+val"
     match_iou: float = Field(default=0.3, gt=0, le=1)  # a reported defect matches a ground-truth box
 
 

@@ -58,15 +58,15 @@ def run_demo(workdir: Path, *, console: Console, minutes: float) -> dict:
 
     records = read_jsonl(line_out / "results.jsonl")
     table = Table(title=f"verdicts ({len(records)} held-out parts; first 15)")
-    for col in ("file", "truth", "verdict", "max defect p", "defects"):
+    for col in ("file", "truth", "verdict", "max score", "defects"):
         table.add_column(col)
     for r in records[:15]:
         name = Path(r["file"]).name
         found = r.get("defects", [])
-        defects = ", ".join(f"{d['cls_class']} {d['defect_prob']:.2f}" for d in found[:3]) or "-"
+        defects = ", ".join(f"{d['cls_class']} {d.get('defect_score', d['defect_prob']):.2f}" for d in found[:3]) or "-"
         defects += f" (+{len(found) - 3})" if len(found) > 3 else ""
-        table.add_row(name, truth.get(name, "?"), r.get("verdict", "ERROR"), f"{r.get('max_defect_prob', 0):.3f}",
-                      defects)
+        top = r.get("max_defect_score", r.get("max_defect_prob", 0))
+        table.add_row(name, truth.get(name, "?"), r.get("verdict", "ERROR"), f"{top:.3f}", defects)
     console.print(table)
 
     console.print("[bold]4/4 eval[/] on the test split")

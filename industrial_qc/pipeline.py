@@ -20,7 +20,7 @@ from common.metrics import softmax
 from common.rundir import read_run_json
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, crops_for_boxes, to_tensor_batch
 from industrial_qc.flatfield import fit_to, flatfield
-from industrial_qc.verdict import part_verdict
+from industrial_qc.verdict import SCORE_KINDS, candidate_scores, part_verdict
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 LINE_CLASSIFIER_INT8 = "classifier.int8.onnx"
@@ -172,17 +172,20 @@ class Pipeline:
     """The whole line model of a run: ``inspect(image)`` -> result dict with verdict and defects."""
 
     def __init__(self, detector: OnnxDetector, classifier: OnnxClassifier, fail_threshold: float,
-                 review_threshold: float, run_id: str = "") -> None:
+                 review_threshold: float, run_id: str = "", score: str = "classifier") -> None:
+        if score not in SCORE_KINDS:
+            raise InputError(f"unknown verdict score {score!r} (expected one of {', '.join(SCORE_KINDS)})")
         self.detector = detector
         self.classifier = classifier
         self.fail_threshold = float(fail_threshold)
         self.review_threshold = float(review_threshold)
         self.run_id = run_id
+        self.score = score  # what the thresholds apply to (industrial_qc.verdict.candidate_scores)
 
     @classmethod
     def from_run(cls, run_dir: Path | str, threads: int | None = None, run: dict | None = None) -> Pipeline:
         """Load ``detector.onnx``, the line classifier (``line_classifier_path``) and the thresholds (ONNX
-        metadata, else run.json)."""
+        metadata, else run.json; a run without a recorded ``score`` set them on the classifier's probability)."""
         run_dir = Path(run_dir)
         run = run or read_run_json(run_dir)
         if run.get("vertical") != "industrial_qc":
@@ -192,7 +195,13 @@ class Pipeline:
         th = classifier.model.metadata.get("thresholds") or run.get("thresholds") or {}
         if "fail" not in th or "review" not in th:
             raise InputError(f"{run_dir}: no verdict thresholds in {classifier.model.path.name} or run.json")
-        return cls(detector, classifier, th["fail"], th["review"], run["run_id"])
+        return cls(detector, classifier, th["fail"], th["review"], run["run_id"], th.get("score", "classifier"))
+
+    def defect_scores(self, det: Detections, probs: np.ndarray) -> np.ndarray:
+        """(K,) what the verdict reads for each candidate (``industrial_qc.verdict.candidate_scores``)."""
+        if not len(probs):
+            return np.zeros(0)
+        return candidate_scores(1.0 - probs[:, 0], det.scores, self.score)
 
     def analyse(self, img: np.ndarray, det: Detections | None = None) -> tuple[Detections, np.ndarray, dict]:
         """Detections, their class probabilities (K, C) and stage timings in ms (``det`` reuses detections)."""
@@ -205,19 +214,21 @@ class Pipeline:
         return det, probs, {"detect_ms": (t1 - t0) * 1e3, "classify_ms": (t2 - t1) * 1e3}
 
     def inspect(self, img: np.ndarray) -> dict:
-        """One part -> {verdict, max_defect_prob, defects: [...], n_candidates, detect_ms, classify_ms}."""
+        """One part -> {verdict, max_defect_score, max_defect_prob, defects: [...], n_candidates, detect_ms,
+        classify_ms}."""
         det, probs, timing = self.analyse(img)
         return self.result(det, probs, timing)
 
     def result(self, det: Detections, probs: np.ndarray, timing: dict | None = None) -> dict:
         defect_p = 1.0 - probs[:, 0] if len(probs) else np.zeros(0)
-        verdict = part_verdict(defect_p, self.fail_threshold, self.review_threshold)
+        score = self.defect_scores(det, probs)
+        verdict = part_verdict(score, self.fail_threshold, self.review_threshold)
         labels = self.classifier.labels
         det_names = self.detector.labels
         defects = []
-        for i in np.argsort(-defect_p):
-            if defect_p[i] < self.review_threshold:
-                continue  # a candidate stage 2 rejected as background: not a defect of this part
+        for i in np.argsort(-score):
+            if score[i] < self.review_threshold:
+                continue  # a candidate the two stages rejected: not a defect of this part
             k = int(np.argmax(probs[i, 1:]) + 1)
             c = int(det.classes[i])
             defects.append({
@@ -226,11 +237,13 @@ class Pipeline:
                 "det_conf": round(float(det.scores[i]), 4),
                 "cls_class": labels[k],
                 "cls_prob": round(float(probs[i, k]), 4),
-                "defect_prob": round(float(defect_p[i]), 4),
-                "level": "fail" if defect_p[i] >= self.fail_threshold else "review",
+                "defect_prob": round(float(defect_p[i]), 4),  # the classifier's 1 - P(background)
+                "defect_score": round(float(score[i]), 4),  # what the verdict reads (run.json thresholds.score)
+                "level": "fail" if score[i] >= self.fail_threshold else "review",
             })
         return {
             "verdict": verdict,
+            "max_defect_score": round(float(score.max()), 4) if len(score) else 0.0,
             "max_defect_prob": round(float(defect_p.max()), 4) if len(defect_p) else 0.0,
             "defects": defects,
             "n_candidates": len(det),

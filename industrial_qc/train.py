@@ -29,7 +29,7 @@ from industrial_qc.cropset import TRAIN_MARGIN, CropSet, build_crop_set, defect_
 from industrial_qc.data import Sample, fingerprint, load_dataset, read_image, write_resolved_yaml
 from industrial_qc.evaluate import pipeline_metrics
 from industrial_qc.pipeline import LINE_CLASSIFIER_INT8, Detections, OnnxClassifier, OnnxDetector, Pipeline
-from industrial_qc.verdict import Thresholds, choose_thresholds
+from industrial_qc.verdict import PartSample, Thresholds, candidate_scores, choose_thresholds
 
 # Seconds kept back from the budget for ONNX export, hard-negative mining, thresholds and plots.
 MIN_RESERVE_S = 15.0
@@ -57,33 +57,45 @@ def _detect_all(detector: OnnxDetector, samples: list[Sample], progress, label: 
     return out
 
 
-def _defect_free_score(boxes: np.ndarray, probs: np.ndarray, gt: np.ndarray) -> float:
-    """Highest defect probability among a part's crops that touch no labelled defect (the rule hard negatives
-    follow), 0 when there are none: what this part would score if it were good."""
-    if len(boxes) == 0:
-        return 0.0
-    free = defect_free(boxes, gt)
-    return float((1 - probs[free, 0]).max()) if free.any() else 0.0
-
-
-def _part_scores(probs: list[np.ndarray]) -> np.ndarray:
-    """Each part's highest candidate defect probability (1 - P(background)), 0 without candidates."""
-    return np.array([float((1 - p[:, 0]).max()) if len(p) else 0.0 for p in probs])
-
-
-def val_thresholds(vcfg: VerdictConfig, val: list[Sample], dets: list[Detections], probs: list[np.ndarray],
-                   gt: list[np.ndarray]) -> Thresholds:
-    """The verdict thresholds from the val parts' line detections, their class probabilities (K, C) and the
-    ground-truth boxes in pixels."""
-    scores = _part_scores(probs)
+def part_sample(vcfg: VerdictConfig, samples: list[Sample], dets: list[Detections], probs: list[np.ndarray],
+                gt: list[np.ndarray]) -> PartSample:
+    """The thresholds' view of some parts from their line detections, class probabilities (K, C) and ground-truth
+    boxes in pixels: each part's highest candidate score (0 without candidates) and, with
+    ``fail_from_defect_free_regions``, each defective part's highest score among its candidates that touch no
+    labelled defect (the rule hard negatives follow): what it would score if it were good."""
+    cand = [candidate_scores(1.0 - p[:, 0], d.scores, vcfg.score) if len(p) else np.zeros(0)
+            for d, p in zip(dets, probs, strict=True)]
+    scores = np.array([float(c.max()) if len(c) else 0.0 for c in cand])
     free = None
     if vcfg.fail_from_defect_free_regions:
-        free = np.array([_defect_free_score(d.boxes, p, g) for s, d, p, g in zip(val, dets, probs, gt, strict=True)
-                         if s.defective])
-    return choose_thresholds(scores, np.array([s.defective for s in val]), target_recall=vcfg.target_recall,
+        free = []
+        for s, d, c, g in zip(samples, dets, cand, gt, strict=True):
+            if s.defective:
+                keep = defect_free(d.boxes, g) if len(c) else np.zeros(0, bool)
+                free.append(float(c[keep].max()) if keep.any() else 0.0)
+    return PartSample(scores, np.array([s.defective for s in samples], bool), None if free is None else np.array(free))
+
+
+def val_thresholds(vcfg: VerdictConfig, val: PartSample, train: PartSample | None = None) -> Thresholds:
+    """The verdict thresholds from the val parts and, with ``reference: train+val``, the train parts."""
+    return choose_thresholds(val.scores, val.defective, target_recall=vcfg.target_recall,
                              max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
                              max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold,
-                             defect_free_scores=free)
+                             defect_free_scores=val.defect_free,
+                             train=train if vcfg.reference == "train+val" else None, score=vcfg.score)
+
+
+def _gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
+    out = []
+    for s in samples:
+        h, w = read_image(s.image).shape[:2]
+        out.append(s.boxes_xyxy(w, h))
+    return out
+
+
+def _classify_all(classifier: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
+    return [classifier.probs(classifier.crops(read_image(s.image), d.boxes))
+            for s, d in zip(samples, dets, strict=True)]
 
 
 def _calibration_batches(clf: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
@@ -183,16 +195,14 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     detector.conf = dcfg.min_conf
     with make_progress(console) as progress:
         val_raw = _detect_all(detector, val, progress, "detect val")
-        val_gt = []
-        for s in val:
-            h, w = read_image(s.image).shape[:2]
-            val_gt.append(s.boxes_xyxy(w, h))
+        val_gt = _gt_boxes(val)
         conf, box_recall = choose_conf(val_raw, val_gt, target_recall=dcfg.target_box_recall,
                                        iou_thr=cfg.verdict.match_iou, floor=dcfg.min_conf, ceiling=dcfg.conf)
         detector.conf = conf
         write_metadata(out / "detector.onnx", {"conf": conf})
         val_dets = [_keep(d, conf) for d in val_raw]
-        need_train_dets = ccfg.hard_negatives or ccfg.proposals_per_defect > 0
+        need_train_dets = (ccfg.hard_negatives or ccfg.proposals_per_defect > 0
+                           or cfg.verdict.reference == "train+val")
         train_dets = _detect_all(detector, train, progress, "detect train") if need_train_dets else []
         console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
                       "candidates")
@@ -248,13 +258,19 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
                           "by more than 0.1)[/]")
             int8.model.path.unlink()
     line_classifier = classifier.model.path.name
-    scores = _part_scores(val_probs)
     vcfg = cfg.verdict
-    th = val_thresholds(vcfg, val, val_dets, val_probs, val_gt)
+    val_sample = part_sample(vcfg, val, val_dets, val_probs, val_gt)
+    train_sample = None
+    if vcfg.reference == "train+val":
+        train_probs = _classify_all(classifier, train, train_dets)
+        train_sample = part_sample(vcfg, train, train_dets, train_probs, _gt_boxes(train))
+    th = val_thresholds(vcfg, val_sample, train_sample)
+    if th.reference_note:
+        console.print(f"[yellow]  thresholds: {th.reference_note}[/]")
     thresholds = th.to_dict()
     for path in {out / "classifier.onnx", classifier.model.path}:
         write_metadata(path, {"thresholds": thresholds})
-    pipe = Pipeline(detector, classifier, th.fail, th.review)
+    pipe = Pipeline(detector, classifier, th.fail, th.review, score=th.score)
     val_results = []
     for s, d, p in zip(val, val_dets, val_probs, strict=True):
         h, w = read_image(s.image).shape[:2]
@@ -274,7 +290,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         "minutes_total": (time.monotonic() - start) / 60,
     }
     plot_dir = out / "plots"
-    _plots(plot_dir, clf.val_metrics["confusion_matrix"], labels, scores, np.array([s.defective for s in val]), th)
+    _plots(plot_dir, clf.val_metrics["confusion_matrix"], labels, val_sample.scores, val_sample.defective, th)
     (out / "metrics.json").write_text(json.dumps({"train": metrics}, indent=2, default=float))
     headline = {
         "val_detector_mAP50": det.metrics["mAP50"],

@@ -1,8 +1,12 @@
-"""The part verdict rule and how its two thresholds are chosen on the validation split (torch-free).
+"""The part verdict rule and how its two thresholds are chosen (torch-free).
 
-Rule, on the calibrated defect probability ``p = 1 - P(background)`` of every crop of a part:
-FAIL if ``max p >= fail_threshold``; REVIEW if ``review_threshold <= max p < fail_threshold``; else PASS.
-A part with no detection has ``max p = 0`` and passes.
+Rule, on the defect score ``s`` of every candidate of a part (``candidate_scores``):
+FAIL if ``max s >= fail_threshold``; REVIEW if ``review_threshold <= max s < fail_threshold``; else PASS.
+A part with no detection has ``max s = 0`` and passes.
+
+The score is ``sqrt(p * conf)``, the geometric mean of the classifier's calibrated defect probability
+``p = 1 - P(background)`` and the detector's confidence (``score: both``), or ``p`` alone (``score: classifier``,
+the rule of runs made before the score was recorded). A candidate has to convince both stages.
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ from common.metrics import threshold_for_recall
 
 Verdict = Literal["PASS", "FAIL", "REVIEW"]
 VERDICTS: tuple[Verdict, ...] = ("PASS", "FAIL", "REVIEW")
+ScoreKind = Literal["both", "classifier"]
+SCORE_KINDS: tuple[str, ...] = ("both", "classifier")
+
+
+def candidate_scores(cls_defect_p: np.ndarray, det_conf: np.ndarray, kind: str) -> np.ndarray:
+    """(K,) what the verdict compares with its thresholds, from each candidate's classifier defect probability
+    and detector confidence: their geometric mean (``both``) or the classifier's probability (``classifier``)."""
+    p = np.clip(np.asarray(cls_defect_p, np.float64), 0.0, 1.0)
+    if kind == "classifier":
+        return p
+    if kind == "both":
+        return np.sqrt(p * np.clip(np.asarray(det_conf, np.float64), 0.0, 1.0))
+    raise ValueError(f"unknown verdict score {kind!r} (expected one of {', '.join(SCORE_KINDS)})")
 
 
 def part_verdict(defect_probs: Sequence[float] | np.ndarray, fail_threshold: float, review_threshold: float) -> Verdict:
@@ -40,38 +57,64 @@ class Thresholds:
     val_false_reject: float  # share of good val parts failed
     val_review_rate: float
     val_parts: int
-    # the fail threshold's sample: good val parts plus, when given, the defect-free regions of the defective ones
+    # the fail threshold's sample: good parts plus, when given, the defect-free regions of the defective ones
     fail_reference_parts: int = 0
     fail_reference_false_alarm: float = float("nan")  # share of that sample at or above ``fail``
+    score: str = "classifier"  # what the thresholds apply to (``candidate_scores``)
+    reference: str = "val"  # the parts both thresholds were read from: val | train+val
+    review_reference_parts: int = 0  # defective parts in the review threshold's sample
+    reference_note: str | None = None  # why the train split was not used, when it was offered
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_recall: float,
-                      max_false_reject: float, min_review: float, max_review: float, min_fail: float,
-                      defect_free_scores: np.ndarray | None = None) -> Thresholds:
-    """Thresholds from validation parts: ``part_scores`` (N,) = max defect probability, ``defective`` (N,) bool.
+@dataclass
+class PartSample:
+    """Parts to read thresholds from: each part's score (max over its candidates, 0 without any), whether it is
+    defective, and optionally, for each defective part, its highest score away from every labelled defect."""
 
-    review: the highest threshold that keeps ``target_recall`` of the defective parts out of PASS, clamped to
-    [min_review, max_review] (a crop more likely defective than not is never passed).
-    fail: the lowest threshold >= max(review, min_fail) that fails at most ``max_false_reject`` of the good parts;
-    parts between the two go to a person.
+    scores: np.ndarray
+    defective: np.ndarray
+    defect_free: np.ndarray | None = None
 
-    ``defect_free_scores``: for each defective part, the max defect probability of its crops away from every
-    labelled defect (0 when there are none). A good part fails on exactly such a crop, so these join the good
-    parts' scores in the sample the fail threshold is read from. On a validation split with few good parts (25
-    of 100 in the benchmark) the good parts alone put the 1 % false-reject point at their maximum, which landed
-    at 0.98 in one benchmark run and 0.74 in the next (test false rejects 0.06 and 0.20).
-    """
-    s = np.asarray(part_scores, np.float64)
-    y = np.asarray(defective, bool)
-    review = threshold_for_recall(y, s, target_recall) if y.any() else max_review
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, np.float64).reshape(-1)
+        self.defective = np.asarray(self.defective, bool).reshape(-1)
+        if self.defect_free is not None:
+            self.defect_free = np.asarray(self.defect_free, np.float64).reshape(-1)
+
+    def clean_surface(self) -> np.ndarray:
+        """Scores of what a good part looks like: the good parts and the defect-free regions."""
+        good = self.scores[~self.defective]
+        return good if self.defect_free is None else np.concatenate([good, self.defect_free])
+
+    def __add__(self, other: PartSample) -> PartSample:
+        free = [f for f in (self.defect_free, other.defect_free) if f is not None]
+        return PartSample(np.concatenate([self.scores, other.scores]),
+                          np.concatenate([self.defective, other.defective]),
+                          np.concatenate(free) if free else None)
+
+
+def binomial_upper(n: int, rate: float, confidence: float = 0.95) -> int:
+    """The smallest k with P(X <= k) >= confidence for X ~ Binomial(n, rate): how many misses n parts may show
+    when the true miss rate is ``rate``."""
+    pmf = (1.0 - rate) ** n
+    cdf, k = pmf, 0
+    while cdf < confidence and k < n:
+        pmf *= (n - k) / (k + 1) * rate / (1.0 - rate) if rate < 1 else 0.0
+        k += 1
+        cdf += pmf
+    return k
+
+
+def _read_thresholds(ref: PartSample, *, target_recall: float, max_false_reject: float, min_review: float,
+                     max_review: float, min_fail: float) -> tuple[float, float]:
+    y = ref.defective
+    review = threshold_for_recall(y, ref.scores, target_recall) if y.any() else max_review
     review = float(np.clip(review, min_review, max_review))
     fail = max(review, min_fail)
-    good = s[~y]
-    if defect_free_scores is not None:
-        good = np.concatenate([good, np.asarray(defect_free_scores, np.float64).reshape(-1)])
+    good = ref.clean_surface()
     if len(good):
         allowed = int(np.floor(max_false_reject * len(good)))
         ranked = np.sort(good)[::-1]
@@ -79,10 +122,55 @@ def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_
             # strictly above the (allowed+1)-th highest good score fails at most `allowed` good parts
             fail = max(fail, float(np.nextafter(ranked[allowed], np.inf)))
     fail = float(min(fail, 1.0))
-    if fail < review:
-        fail = review
-    verdicts = [part_verdict([v], fail, review) for v in s]
-    v = np.array(verdicts)
+    return max(fail, review), review
+
+
+def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_recall: float,
+                      max_false_reject: float, min_review: float, max_review: float, min_fail: float,
+                      defect_free_scores: np.ndarray | None = None, train: PartSample | None = None,
+                      score: str = "classifier") -> Thresholds:
+    """Thresholds from validation parts: ``part_scores`` (N,) = max defect score, ``defective`` (N,) bool.
+
+    review: the highest threshold that keeps ``target_recall`` of the defective parts out of PASS, clamped to
+    [min_review, max_review] (a crop more likely defective than not is never passed).
+    fail: the lowest threshold >= max(review, min_fail) that fails at most ``max_false_reject`` of the good parts;
+    parts between the two go to a person.
+
+    ``defect_free_scores``: for each defective part, the max defect score of its crops away from every
+    labelled defect (0 when there are none). A good part fails on exactly such a crop, so these join the good
+    parts' scores in the sample the fail threshold is read from. On a validation split with few good parts (25
+    of 100 in the benchmark) the good parts alone put the 1 % false-reject point at their maximum, which landed
+    at 0.98 in one benchmark run and 0.74 in the next (test false rejects 0.06 and 0.20).
+
+    ``train``: the training split's parts, scored by the trained models. At a 0.99 recall target the review
+    threshold of 75 defective val parts is their minimum; with the train split's it is read from 5x the parts.
+    The train split is used only if the val parts agree with what it says: no more defective val parts below its
+    review threshold, and no more val clean-surface samples at or above its fail threshold, than the 95 % binomial
+    bound at the target rates allows. A model that has memorised its training parts scores them too high, and
+    then the val split alone decides (``reference_note`` says why).
+    """
+    val = PartSample(part_scores, defective, defect_free_scores)
+    kw = dict(target_recall=target_recall, max_false_reject=max_false_reject, min_review=min_review,
+              max_review=max_review, min_fail=min_fail)
+    ref, note = val, None
+    if train is not None and len(train.scores):
+        pooled = val + train
+        fail, review = _read_thresholds(pooled, **kw)
+        n_def, clean = int(val.defective.sum()), val.clean_surface()
+        misses = int((val.scores[val.defective] < review).sum())
+        miss_limit = binomial_upper(n_def, 1.0 - target_recall)
+        alarms = int((clean >= fail).sum())
+        alarm_limit = binomial_upper(len(clean), max_false_reject)
+        if misses <= miss_limit and alarms <= alarm_limit:
+            ref = pooled
+        else:
+            note = (f"train split not used: at its thresholds (review {review:.3f}, fail {fail:.3f}) {misses} of "
+                    f"{n_def} defective val parts pass (bound {miss_limit}) and {alarms} of {len(clean)} clean val "
+                    f"samples fail (bound {alarm_limit})")
+    fail, review = _read_thresholds(ref, **kw)
+    s, y = val.scores, val.defective
+    v = np.array([part_verdict([x], fail, review) for x in s])
+    good = ref.clean_surface()
     return Thresholds(
         fail=fail,
         review=review,
@@ -93,6 +181,10 @@ def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_
         val_parts=len(s),
         fail_reference_parts=len(good),
         fail_reference_false_alarm=float((good >= fail).mean()) if len(good) else float("nan"),
+        score=score,
+        reference="train+val" if ref is not val else "val",
+        review_reference_parts=int(ref.defective.sum()),
+        reference_note=note,
     )
 
 

@@ -15,6 +15,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from common.errors import InputError
 from common.rundir import read_run_json
 from common.runtime import cpu_bf16_native
 from industrial_qc.cli import app
@@ -32,7 +33,7 @@ from industrial_qc.pipeline import (
 runner = CliRunner()
 
 
-def test_run_directory(tiny_run):
+def test_run_directory(tiny_run, tiny_data):
     for name in ("run.json", "detector.onnx", "classifier.onnx", "metrics.json", "plots/confusion_matrix.png",
                  "plots/pr_curve.png", "checkpoints/detector_best.pt", "checkpoints/classifier/best.pt"):
         assert (tiny_run / name).is_file(), name
@@ -41,8 +42,14 @@ def test_run_directory(tiny_run):
     assert run["labels"] == ["background", "scratch", "pit", "stain", "crack"]
     th = run["thresholds"]
     assert 0 < th["review"] <= th["fail"] <= 1
-    # the fail threshold's sample: every val part (good ones whole, defective ones away from their defects)
-    assert th["fail_reference_parts"] == th["val_parts"] and 0 <= th["fail_reference_false_alarm"] <= 1
+    # the thresholds' sample: every val part (good ones whole, defective ones away from their defects), and the
+    # train split's too unless the val parts disagreed with it (then the note says so)
+    ds = load_dataset(tiny_data)
+    val, train = ds.split("val"), ds.split("train")
+    used = val + train if th["reference"] == "train+val" else val
+    assert (th["reference"] == "val") == bool(th["reference_note"])
+    assert th["fail_reference_parts"] == len(used) and 0 <= th["fail_reference_false_alarm"] <= 1
+    assert th["review_reference_parts"] == sum(s.defective for s in used) and th["val_parts"] == len(val)
     assert run["config"]["detector"]["model"] == "yolov5nu.yaml"
     # the ONNX files explain themselves
     det, clf = OnnxDetector(tiny_run / "detector.onnx"), OnnxClassifier(tiny_run / "classifier.onnx")
@@ -295,8 +302,6 @@ def test_inspect_video_frames_once(tiny_run, tiny_data, tmp_path):
 
 
 def test_inspect_bad_source_and_bad_run_are_input_errors(tiny_run, tmp_path):
-    from common.errors import InputError
-
     result = runner.invoke(app, ["inspect", str(tiny_run), str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert isinstance(result.exception, InputError)
     assert "not a folder, file, glob or camera index" in str(result.exception)
@@ -326,3 +331,32 @@ def test_eval_after_inspect_in_one_process_validates_the_checkpoint(tiny_run, ti
     assert proc.returncode == 0, proc.stderr[-3000:]
     det = json.loads(proc.stdout.strip().splitlines()[-1])
     assert det["model"] == "detector_best.pt" and 0.0 <= det["mAP50"] <= 1.0
+
+
+def test_verdict_reads_both_stages_and_runs_without_a_recorded_score_read_the_classifier(tiny_run):
+    run = read_run_json(tiny_run)
+    assert run["thresholds"]["score"] == "both"  # the default config
+    assert run["thresholds"]["reference"] in {"train+val", "val"}
+    pipe = Pipeline.from_run(tiny_run)
+    assert pipe.score == "both"
+    pipe.review_threshold, pipe.fail_threshold = 0.3, 0.8
+    labels = pipe.classifier.labels
+    det = Detections(boxes=np.array([[0, 0, 10, 10], [40, 40, 60, 60]], np.float32),
+                     scores=np.array([0.25, 0.04], np.float32), classes=np.array([0, 1]))
+    probs = np.zeros((2, len(labels)), np.float32)
+    probs[0, [0, 1]] = 0.05, 0.95  # the classifier is sure, the detector much less: sqrt(0.95 * 0.25) = 0.487
+    probs[1, [0, 2]] = 0.3, 0.7  # sqrt(0.7 * 0.04) = 0.167: below review, not reported
+    res = pipe.result(det, probs)
+    assert res["verdict"] == "REVIEW" and res["max_defect_score"] == pytest.approx(0.4873, abs=1e-4)
+    assert res["max_defect_prob"] == pytest.approx(0.95)
+    assert [(d["cls_class"], d["level"]) for d in res["defects"]] == [("scratch", "review")]
+    assert res["defects"][0]["defect_prob"] == pytest.approx(0.95)
+    assert res["defects"][0]["defect_score"] == pytest.approx(0.4873, abs=1e-4)
+
+    # a run made before the score was recorded set its thresholds on the classifier's probability alone
+    old = Pipeline(pipe.detector, pipe.classifier, 0.8, 0.3, run["run_id"])
+    res = old.result(det, probs)
+    assert res["verdict"] == "FAIL" and [d["level"] for d in res["defects"]] == ["fail", "review"]
+    assert [d["defect_score"] for d in res["defects"]] == [d["defect_prob"] for d in res["defects"]]
+    with pytest.raises(InputError, match="unknown verdict score"):
+        Pipeline(pipe.detector, pipe.classifier, 0.8, 0.3, score="max")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,14 @@ from industrial_qc.crops import (
     square_regions,
 )
 from industrial_qc.pipeline import decode, letterbox, nms
-from industrial_qc.verdict import choose_thresholds, part_rates, part_verdict
+from industrial_qc.verdict import (
+    PartSample,
+    binomial_upper,
+    candidate_scores,
+    choose_thresholds,
+    part_rates,
+    part_verdict,
+)
 
 
 @pytest.mark.parametrize(
@@ -195,3 +204,57 @@ def test_line_confidence_keeps_the_target_share_of_findable_defects():
     conf, recall = choose_conf(dets, gt, target_recall=0.6, **kw)
     assert conf == np.float32(0.2) and recall == 0.5
     assert choose_conf([Detections()], [gt[0]], target_recall=0.98, **kw) == (0.001, 0.0)
+
+
+def test_candidate_score_is_the_geometric_mean_of_both_stages():
+    p, conf = np.array([0.95, 0.8, 0.0, 1.0]), np.array([0.25, 0.04, 0.9, 1.0])
+    assert candidate_scores(p, conf, "both") == pytest.approx([np.sqrt(0.95 * 0.25), np.sqrt(0.032), 0.0, 1.0])
+    assert candidate_scores(p, conf, "classifier") == pytest.approx(p)
+    with pytest.raises(ValueError, match="unknown verdict score"):
+        candidate_scores(p, conf, "mean")
+
+
+def test_binomial_upper_matches_the_distribution():
+    for n, rate in ((75, 0.01), (100, 0.01), (500, 0.01), (20, 0.3), (10, 0.0)):
+        k = binomial_upper(n, rate)
+        cdf = [sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(j + 1)) for j in range(n + 1)]
+        assert cdf[k] >= 0.95 and (k == 0 or cdf[k - 1] < 0.95), (n, rate, k)
+    assert binomial_upper(75, 0.01) == 2 and binomial_upper(10, 0.0) == 0
+
+
+def _parts(rng, n_def, n_good, defect_scores):
+    scores = np.r_[defect_scores(rng, n_def), rng.uniform(0.0, 0.5, n_good)]
+    return scores, np.r_[np.ones(n_def, bool), np.zeros(n_good, bool)], rng.uniform(0.0, 0.5, n_def)
+
+
+def test_thresholds_read_from_the_train_split_when_val_agrees():
+    # one distribution, 5x the parts in train: the review threshold is the val parts' minimum alone (99 % of 75) and
+    # an order statistic of 375 parts with train; val's misses at it stay within what a 1 % miss rate gives
+    rng = np.random.default_rng(1)
+    same = lambda r, n: r.beta(5, 1, n)  # noqa: E731
+    vs, vy, vf = _parts(rng, 75, 25, same)
+    ts, ty, tf = _parts(rng, 300, 100, same)
+    kw = dict(target_recall=0.99, max_false_reject=0.01, min_review=0.02, max_review=0.5, min_fail=0.5)
+    alone = choose_thresholds(vs, vy, defect_free_scores=vf, **kw)
+    both = choose_thresholds(vs, vy, defect_free_scores=vf, train=PartSample(ts, ty, tf), score="both", **kw)
+    assert alone.reference == "val" and alone.review_reference_parts == 75 and alone.fail_reference_parts == 100
+    assert both.reference == "train+val" and both.reference_note is None and both.score == "both"
+    assert both.review_reference_parts == 375 and both.fail_reference_parts == 500
+    pooled = np.r_[vs[vy], ts[ty]]
+    assert (pooled < both.review).mean() <= 0.01 < (pooled <= both.review).mean()
+    assert alone.review == pytest.approx(vs[vy].min())
+    assert both.val_parts == 100 and both.val_recall == pytest.approx((vs[vy] >= both.review).mean())
+
+
+def test_a_train_split_the_model_memorised_is_not_used():
+    # train defects all score ~1 (memorised), val defects as on the line: the pooled review threshold would pass
+    # several val defects, more than a 1 % miss rate explains, so val alone decides and the note says why
+    rng = np.random.default_rng(2)
+    vs, vy, vf = _parts(rng, 75, 25, lambda r, n: r.uniform(0.05, 1.0, n))
+    ts, ty, tf = _parts(rng, 300, 100, lambda r, n: r.uniform(0.99, 1.0, n))
+    kw = dict(target_recall=0.99, max_false_reject=0.01, min_review=0.02, max_review=0.5, min_fail=0.5)
+    th = choose_thresholds(vs, vy, defect_free_scores=vf, train=PartSample(ts, ty, tf), **kw)
+    alone = choose_thresholds(vs, vy, defect_free_scores=vf, **kw)
+    assert th.reference == "val" and "train split not used" in th.reference_note
+    assert (th.review, th.fail, th.review_reference_parts) == (alone.review, alone.fail, 75)
+    assert th.val_recall == 1.0
