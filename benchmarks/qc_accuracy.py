@@ -15,7 +15,8 @@ On a CPU with native bf16 (AMX / AVX512-BF16) the suite trains both stages in bf
 Ultralytics' CPU default, fp32. ``detector_mAP50_agnostic`` is Ultralytics' validation with every class merged
 (``single_cls``): how well each detector finds defects, whatever it calls them.
 ``classifier_accuracy_gt_crops_heldout``: the suite's line classifier on every defect of ``--heldout-images``
-more synthetic parts (seed + 1000), a firmer figure than the test split's ~230 defects.
+more synthetic parts (seed + 1000), a firmer figure than the test split's ~230 defects. ``*_heldout`` part rates:
+both sides' verdicts on those parts (a 1 % escape rate is 1.5 of the test split's 150 defective parts).
 Prints a side-by-side table and writes JSON.
 """
 
@@ -32,7 +33,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGETS = {"detector_mAP50": 0.95, "classifier_accuracy_gt_crops": 0.98, "escape_rate": 0.01}
 
 
-def run_peer(data_yaml: Path, model_yaml: str, imgsz: int, minutes: float, work: Path, seed: int) -> dict:
+def heldout_parts(heldout_yaml: Path) -> list:
+    """Every part of the held-out set (all its splits: none was trained on)."""
+    from industrial_qc.data import load_dataset
+
+    ds = load_dataset(heldout_yaml, ("train", "val", "test"), required=())
+    return [s for split in ("train", "val", "test") for s in ds.split(split)]
+
+
+def _heldout_rates(verdicts: list[str], parts: list) -> dict:
+    from industrial_qc.verdict import part_rates
+
+    r = part_rates(verdicts, [s.defective for s in parts])
+    return {f"{k}_heldout": r[k] for k in ("escape_rate", "false_reject_rate", "review_rate_good",
+                                            "review_rate_defective")} | {"heldout_parts": len(parts)}
+
+
+def suite_heldout_rates(run_dir: Path, heldout_yaml: Path) -> dict:
+    """The suite's line verdicts on every held-out part: part rates with 5x the test split's parts."""
+    from industrial_qc.data import read_image
+    from industrial_qc.pipeline import Pipeline
+
+    pipe, parts = Pipeline.from_run(run_dir), heldout_parts(heldout_yaml)
+    return _heldout_rates([pipe.inspect(read_image(s.image))["verdict"] for s in parts], parts)
+
+
+def peer_heldout_rates(weights: Path, heldout_yaml: Path, imgsz: int) -> dict:
+    """The peer's verdicts (any box at ``predict``'s default conf = FAIL) on every held-out part."""
+    from common.runtime import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    model, parts = YOLO(str(weights)), heldout_parts(heldout_yaml)
+    verdicts = ["FAIL" if len(model.predict(str(s.image), imgsz=imgsz, device="cpu", verbose=False)[0].boxes)
+                else "PASS" for s in parts]
+    return _heldout_rates(verdicts, parts)
+
+
+def run_peer(data_yaml: Path, model_yaml: str, imgsz: int, minutes: float, work: Path, seed: int,
+             heldout_yaml: Path | None = None) -> dict:
     """Plain Ultralytics, default settings, same data and time budget; mAP on test and part-level rates."""
     from common.runtime import import_ultralytics
     from industrial_qc.data import load_dataset, write_resolved_yaml
@@ -58,10 +98,13 @@ def run_peer(data_yaml: Path, model_yaml: str, imgsz: int, minutes: float, work:
         pred = best.predict(str(s.image), imgsz=imgsz, device="cpu", verbose=False)[0]
         verdicts.append("FAIL" if len(pred.boxes) else "PASS")
     rates = part_rates(verdicts, [s.defective for s in test])
-    return {"detector_mAP50": float(res.box.map50), "detector_mAP50_95": float(res.box.map),
-            "detector_mAP50_agnostic": float(merged.box.map50),
-            "escape_rate": rates["escape_rate"], "false_reject_rate": rates["false_reject_rate"],
-            "review_rate_good": 0.0, "train_minutes": train_min, "epochs": int(model.trainer.epoch) + 1}
+    out = {"detector_mAP50": float(res.box.map50), "detector_mAP50_95": float(res.box.map),
+           "detector_mAP50_agnostic": float(merged.box.map50),
+           "escape_rate": rates["escape_rate"], "false_reject_rate": rates["false_reject_rate"],
+           "review_rate_good": 0.0, "train_minutes": train_min, "epochs": int(model.trainer.epoch) + 1}
+    if heldout_yaml is not None:
+        out.update(peer_heldout_rates(Path(model.trainer.best), heldout_yaml, imgsz))
+    return out
 
 
 def run_suite(data_yaml: Path, minutes: float, imgsz: int, work: Path, overrides: list[str],
@@ -86,6 +129,7 @@ def run_suite(data_yaml: Path, minutes: float, imgsz: int, work: Path, overrides
         clf = Pipeline.from_run(work / "run").classifier
         gt = classifier_gt_metrics_all_splits(clf, heldout_yaml, clf.labels[1:])
         head.update(classifier_accuracy_gt_crops_heldout=gt["accuracy_gt_crops"], heldout_gt_crops=gt["n_gt_crops"])
+        head.update(suite_heldout_rates(work / "run", heldout_yaml))
     return head
 
 
@@ -126,14 +170,15 @@ def main() -> None:
                                    console, "synth held-out parts").data_yaml
     suite = run_suite(rep.data_yaml, minutes, size, work / "suite", args.overrides, heldout)
     peer = None if args.skip_peer else run_peer(rep.data_yaml, "yolov5nu.yaml", size, minutes, work / "peer",
-                                                args.seed)
+                                                args.seed, heldout)
 
     table = Table(title=f"industrial_qc accuracy ({rep.counts['test']} test parts, {size} px, {minutes:g} min)")
     for col in ("metric", "target", "suite", "plain ultralytics"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     rows = ["detector_mAP50", "detector_mAP50_95", "detector_mAP50_agnostic", "classifier_accuracy_gt_crops",
             "classifier_accuracy_gt_crops_heldout", "heldout_gt_crops", "escape_rate", "false_reject_rate",
-            "review_rate_good", "train_minutes"]
+            "review_rate_good", "heldout_parts", "escape_rate_heldout", "false_reject_rate_heldout",
+            "review_rate_good_heldout", "review_rate_defective_heldout", "train_minutes"]
 
     def f(v):
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

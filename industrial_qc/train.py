@@ -38,6 +38,10 @@ CALIBRATION_IMAGES = 64  # training images whose crops set the int8 activation r
 # at most INT8_MEAN_DIFF on average and by more than 0.1 on at most INT8_BIG_DIFF_SHARE of them.
 INT8_MEAN_DIFF = 0.02
 INT8_BIG_DIFF_SHARE = 0.02
+# Train parts scored for the verdict thresholds (verdict.reference: train+val): at most this many (about 15 ms
+# each on 2 CPU cores), and at least the second number even when the training budget has run out.
+MAX_REFERENCE_TRAIN_PARTS = 2000
+MIN_REFERENCE_TRAIN_PARTS = 100
 
 
 @dataclass
@@ -93,9 +97,22 @@ def _gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
     return out
 
 
-def _classify_all(classifier: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
-    return [classifier.probs(classifier.crops(read_image(s.image), d.boxes))
-            for s, d in zip(samples, dets, strict=True)]
+def train_reference(vcfg: VerdictConfig, classifier: OnnxClassifier, train: list[Sample], dets: list[Detections],
+                    seed: int, deadline: float | None, max_parts: int = MAX_REFERENCE_TRAIN_PARTS,
+                    min_parts: int = MIN_REFERENCE_TRAIN_PARTS) -> PartSample:
+    """The train split's parts for the thresholds, scored by the line's models: up to ``max_parts`` of them in a
+    seeded random order, and after ``deadline`` (time.monotonic; the training budget) no more than ``min_parts``."""
+    order = np.random.default_rng(seed).permutation(len(train))[:max_parts]
+    used, probs, gt = [], [], []
+    for i in order:
+        if deadline is not None and time.monotonic() > deadline and len(used) >= min_parts:
+            break
+        img = read_image(train[i].image)
+        h, w = img.shape[:2]
+        used.append(int(i))
+        probs.append(classifier.probs(classifier.crops(img, dets[i].boxes)))
+        gt.append(train[i].boxes_xyxy(w, h))
+    return part_sample(vcfg, [train[i] for i in used], [dets[i] for i in used], probs, gt)
 
 
 def _calibration_batches(clf: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
@@ -262,8 +279,8 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     val_sample = part_sample(vcfg, val, val_dets, val_probs, val_gt)
     train_sample = None
     if vcfg.reference == "train+val":
-        train_probs = _classify_all(classifier, train, train_dets)
-        train_sample = part_sample(vcfg, train, train_dets, train_probs, _gt_boxes(train))
+        train_sample = train_reference(vcfg, classifier, train, train_dets, cfg.seed,
+                                       None if deadline is None else deadline - MIN_RESERVE_S / 2)
     th = val_thresholds(vcfg, val_sample, train_sample)
     if th.reference_note:
         console.print(f"[yellow]  thresholds: {th.reference_note}[/]")

@@ -147,7 +147,10 @@ def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_
     The train split is used only if the val parts agree with what it says: no more defective val parts below its
     review threshold, and no more val clean-surface samples at or above its fail threshold, than the 95 % binomial
     bound at the target rates allows. A model that has memorised its training parts scores them too high, and
-    then the val split alone decides (``reference_note`` says why).
+    then the val split alone decides (``reference_note`` says why). Measured on five benchmark runs, the check
+    does not see the small optimism that matters at 1 %: on one run the train split's 1 % quantile of defective
+    part scores was 0.097 against 0.061 on 1000 held-out parts, and held-out escape rose from 0.0067 to 0.0174.
+    So it is not the default (``verdict.reference: val``).
     """
     val = PartSample(part_scores, defective, defect_free_scores)
     kw = dict(target_recall=target_recall, max_false_reject=max_false_reject, min_review=min_review,

@@ -42,12 +42,13 @@ def test_run_directory(tiny_run, tiny_data):
     assert run["labels"] == ["background", "scratch", "pit", "stain", "crack"]
     th = run["thresholds"]
     assert 0 < th["review"] <= th["fail"] <= 1
-    # the thresholds' sample: every val part (good ones whole, defective ones away from their defects), and the
-    # train split's too unless the val parts disagreed with it (then the note says so)
+    # the thresholds' sample: every val part (good ones whole, defective ones away from their defects), and with
+    # reference train+val the train split's too, unless the val parts disagreed with it (then the note says so)
     ds = load_dataset(tiny_data)
     val, train = ds.split("val"), ds.split("train")
     used = val + train if th["reference"] == "train+val" else val
-    assert (th["reference"] == "val") == bool(th["reference_note"])
+    configured = run["config"]["verdict"]["reference"]
+    assert th["reference"] == configured or (configured == "train+val" and "not used" in th["reference_note"])
     assert th["fail_reference_parts"] == len(used) and 0 <= th["fail_reference_false_alarm"] <= 1
     assert th["review_reference_parts"] == sum(s.defective for s in used) and th["val_parts"] == len(val)
     assert run["config"]["detector"]["model"] == "yolov5nu.yaml"
@@ -82,7 +83,7 @@ def test_line_runs_the_int8_classifier_when_it_agrees_with_fp32(tiny_run):
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
-def test_fp32_line_classifier_on_request(tiny_data, tmp_path):
+def test_fp32_line_classifier_and_train_split_thresholds_on_request(tiny_data, tmp_path):
     from rich.console import Console
 
     from industrial_qc.config import load_qc_config
@@ -93,10 +94,19 @@ def test_fp32_line_classifier_on_request(tiny_data, tmp_path):
     run_dir = tmp_path / "fp32"
     run_dir.mkdir()
     (run_dir / "classifier.int8.onnx").write_bytes(b"stale copy of an earlier run")
-    cfg = load_qc_config(TINY_CONFIG, ["classifier.line_precision=fp32", "detector.epochs=1"])
+    cfg = load_qc_config(TINY_CONFIG, ["classifier.line_precision=fp32", "detector.epochs=1",
+                                       "verdict.reference=train+val"])
     train_run(tiny_data, cfg, run_dir, console=Console(quiet=True))
     run = read_run_json(run_dir)
     assert run["artifacts"]["line_classifier"] == "classifier.onnx"
+    # thresholds read from the train split too, or val alone with the reason
+    th, ds = run["thresholds"], load_dataset(tiny_data)
+    val, train = ds.split("val"), ds.split("train")
+    if th["reference"] == "train+val":
+        assert th["reference_note"] is None and th["fail_reference_parts"] == len(val) + len(train)
+        assert th["review_reference_parts"] == sum(s.defective for s in val + train)
+    else:
+        assert "train split not used" in th["reference_note"] and th["fail_reference_parts"] == len(val)
     assert not (run_dir / "classifier.int8.onnx").exists()
     assert Pipeline.from_run(run_dir).classifier.model.path == run_dir / "classifier.onnx"
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["classifier"]["int8_check"] is None
@@ -336,7 +346,6 @@ def test_eval_after_inspect_in_one_process_validates_the_checkpoint(tiny_run, ti
 def test_verdict_reads_both_stages_and_runs_without_a_recorded_score_read_the_classifier(tiny_run):
     run = read_run_json(tiny_run)
     assert run["thresholds"]["score"] == "both"  # the default config
-    assert run["thresholds"]["reference"] in {"train+val", "val"}
     pipe = Pipeline.from_run(tiny_run)
     assert pipe.score == "both"
     pipe.review_threshold, pipe.fail_threshold = 0.3, 0.8
@@ -360,3 +369,28 @@ def test_verdict_reads_both_stages_and_runs_without_a_recorded_score_read_the_cl
     assert [d["defect_score"] for d in res["defects"]] == [d["defect_prob"] for d in res["defects"]]
     with pytest.raises(InputError, match="unknown verdict score"):
         Pipeline(pipe.detector, pipe.classifier, 0.8, 0.3, score="max")
+
+
+def test_train_reference_is_a_seeded_sample_that_stops_at_the_deadline(tiny_run, tiny_data):
+    from common.config import CONFIG_DIR
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.train import train_reference
+
+    vcfg = load_qc_config(CONFIG_DIR / "industrial_qc" / "tiny.yaml").verdict
+    pipe = Pipeline.from_run(tiny_run)
+    assert pipe.score == vcfg.score
+    train = load_dataset(tiny_data).split("train")
+    dets = [pipe.detector(read_image(s.image)) for s in train]
+    whole = train_reference(vcfg, pipe.classifier, train, dets, seed=0, deadline=None)
+    assert len(whole.scores) == len(train) and whole.defective.sum() == sum(s.defective for s in train)
+    # the same parts whatever the order they were scored in
+    clf = pipe.classifier
+    each = [pipe.defect_scores(d, clf.probs(clf.crops(read_image(s.image), d.boxes)))
+            for s, d in zip(train, dets, strict=True)]
+    expected = sorted(float(v.max()) if len(v) else 0.0 for v in each)
+    assert sorted(whole.scores.tolist()) == pytest.approx(expected)
+    capped = train_reference(vcfg, pipe.classifier, train, dets, seed=0, deadline=None, max_parts=7)
+    again = train_reference(vcfg, pipe.classifier, train, dets, seed=0, deadline=None, max_parts=7)
+    assert len(capped.scores) == 7 and capped.scores.tolist() == again.scores.tolist()
+    late = train_reference(vcfg, pipe.classifier, train, dets, seed=0, deadline=0.0, min_parts=5)
+    assert late.scores.tolist() == capped.scores[:5].tolist()  # past the deadline: the first min_parts only
