@@ -21,7 +21,6 @@ from common.metrics import threshold_for_recall
 
 Verdict = Literal["PASS", "FAIL", "REVIEW"]
 VERDICTS: tuple[Verdict, ...] = ("PASS", "FAIL", "REVIEW")
-ScoreKind = Literal["both", "classifier"]
 SCORE_KINDS: tuple[str, ...] = ("both", "classifier")
 
 
@@ -37,7 +36,8 @@ def candidate_scores(cls_defect_p: np.ndarray, det_conf: np.ndarray, kind: str) 
 
 
 def part_verdict(defect_probs: Sequence[float] | np.ndarray, fail_threshold: float, review_threshold: float) -> Verdict:
-    """PASS / FAIL / REVIEW for one part from its crops' defect probabilities (empty = no detection = PASS)."""
+    """PASS / FAIL / REVIEW for one part from its candidates' defect scores (``candidate_scores``; the argument
+    keeps its old name) (empty = no detection = PASS)."""
     if review_threshold > fail_threshold:
         raise ValueError(f"review_threshold {review_threshold} > fail_threshold {fail_threshold}")
     top = float(np.max(defect_probs)) if len(defect_probs) else 0.0

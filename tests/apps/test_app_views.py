@@ -68,6 +68,12 @@ def test_qc_records_tolerate_missing_fields_and_csv_nesting(tmp_path):
     parts = qc_data.load_parts(path)
     assert [p["verdict"] for p in parts] == ["FAIL", "PASS", "ERROR"]
     assert parts[0]["defects"][0]["cls_class"] == "pit" and parts[0]["max_defect_prob"] == 0.85
+    # a record written before defect_score existed: the verdict read the probability
+    assert parts[0]["defects"][0]["defect_score"] == 0.85 and parts[0]["max_defect_score"] == 0.85
+    scored = qc_data.norm_record({"file": "d.png", "verdict": "REVIEW", "max_defect_score": 0.58, "defects": [
+        {"box": [1, 2, 3, 4], "cls_class": "pit", "det_conf": 0.4, "defect_prob": 0.85, "defect_score": 0.58}]}, 3)
+    assert scored["defects"][0]["defect_score"] == 0.58 and scored["max_defect_score"] == 0.58
+    assert scored["max_defect_prob"] == 0.85
     df = qc_data.parts_frame(parts, {"a.png": {"decision": "FAIL"}})
     assert df["reviewed"].tolist() == ["FAIL", "", ""]
     k = qc_data.kpis(df)
