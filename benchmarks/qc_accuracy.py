@@ -49,17 +49,25 @@ def _heldout_rates(verdicts: list[str], parts: list) -> dict:
                                             "review_rate_defective")} | {"heldout_parts": len(parts)}
 
 
-def suite_heldout_rates(run_dir: Path, heldout_yaml: Path) -> dict:
-    """The suite's line verdicts on every held-out part: part rates with 5x the test split's parts."""
-    from industrial_qc.data import read_image
-    from industrial_qc.pipeline import Pipeline
+def suite_heldout_rates(pipe, heldout_yaml: Path) -> dict:
+    """The suite's line verdicts (``pipe``: an ``industrial_qc.pipeline.Pipeline``) on every held-out part: part
+    rates with 5x the test split's parts."""
+    from rich.console import Console
+    from rich.progress import track
 
-    pipe, parts = Pipeline.from_run(run_dir), heldout_parts(heldout_yaml)
-    return _heldout_rates([pipe.inspect(read_image(s.image))["verdict"] for s in parts], parts)
+    from industrial_qc.data import read_image
+
+    parts = heldout_parts(heldout_yaml)
+    return _heldout_rates([pipe.inspect(read_image(s.image))["verdict"]
+                           for s in track(parts, description="suite: held-out parts", console=Console(stderr=True))],
+                          parts)
 
 
 def peer_heldout_rates(weights: Path, heldout_yaml: Path, imgsz: int) -> dict:
     """The peer's verdicts (any box at ``predict``'s default conf = FAIL) on every held-out part."""
+    from rich.console import Console
+    from rich.progress import track
+
     from common.runtime import import_ultralytics
 
     import_ultralytics()
@@ -67,7 +75,7 @@ def peer_heldout_rates(weights: Path, heldout_yaml: Path, imgsz: int) -> dict:
 
     model, parts = YOLO(str(weights)), heldout_parts(heldout_yaml)
     verdicts = ["FAIL" if len(model.predict(str(s.image), imgsz=imgsz, device="cpu", verbose=False)[0].boxes)
-                else "PASS" for s in parts]
+                else "PASS" for s in track(parts, description="peer: held-out parts", console=Console(stderr=True))]
     return _heldout_rates(verdicts, parts)
 
 
@@ -126,10 +134,10 @@ def run_suite(data_yaml: Path, minutes: float, imgsz: int, work: Path, overrides
                 detector_epochs=outcome.metrics["detector"]["epochs"],
                 classifier_epochs=outcome.metrics["classifier"]["epochs"])
     if heldout_yaml is not None:  # the line classifier on every defect of a larger held-out set: a firmer figure
-        clf = Pipeline.from_run(work / "run").classifier
-        gt = classifier_gt_metrics_all_splits(clf, heldout_yaml, clf.labels[1:])
+        pipe = Pipeline.from_run(work / "run")
+        gt = classifier_gt_metrics_all_splits(pipe.classifier, heldout_yaml, pipe.classifier.labels[1:])
         head.update(classifier_accuracy_gt_crops_heldout=gt["accuracy_gt_crops"], heldout_gt_crops=gt["n_gt_crops"])
-        head.update(suite_heldout_rates(work / "run", heldout_yaml))
+        head.update(suite_heldout_rates(pipe, heldout_yaml))
     return head
 
 

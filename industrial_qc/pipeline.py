@@ -195,12 +195,14 @@ class Pipeline:
         th = classifier.model.metadata.get("thresholds") or run.get("thresholds") or {}
         if "fail" not in th or "review" not in th:
             raise InputError(f"{run_dir}: no verdict thresholds in {classifier.model.path.name} or run.json")
-        return cls(detector, classifier, th["fail"], th["review"], run["run_id"], th.get("score", "classifier"))
+        score = th.get("score", "classifier")
+        if score not in SCORE_KINDS:
+            raise InputError(f"{run_dir}: unknown verdict score {score!r} in the thresholds of "
+                             f"{classifier.model.path.name} / run.json (expected one of {', '.join(SCORE_KINDS)})")
+        return cls(detector, classifier, th["fail"], th["review"], run["run_id"], score)
 
     def defect_scores(self, det: Detections, probs: np.ndarray) -> np.ndarray:
         """(K,) what the verdict reads for each candidate (``industrial_qc.verdict.candidate_scores``)."""
-        if not len(probs):
-            return np.zeros(0)
         return candidate_scores(1.0 - probs[:, 0], det.scores, self.score)
 
     def analyse(self, img: np.ndarray, det: Detections | None = None) -> tuple[Detections, np.ndarray, dict]:
@@ -220,7 +222,7 @@ class Pipeline:
         return self.result(det, probs, timing)
 
     def result(self, det: Detections, probs: np.ndarray, timing: dict | None = None) -> dict:
-        defect_p = 1.0 - probs[:, 0] if len(probs) else np.zeros(0)
+        defect_p = 1.0 - probs[:, 0]  # probs is (K, C), K = 0 without candidates
         score = self.defect_scores(det, probs)
         verdict = part_verdict(score, self.fail_threshold, self.review_threshold)
         labels = self.classifier.labels

@@ -67,15 +67,14 @@ def part_sample(vcfg: VerdictConfig, samples: list[Sample], dets: list[Detection
     boxes in pixels: each part's highest candidate score (0 without candidates) and, with
     ``fail_from_defect_free_regions``, each defective part's highest score among its candidates that touch no
     labelled defect (the rule hard negatives follow): what it would score if it were good."""
-    cand = [candidate_scores(1.0 - p[:, 0], d.scores, vcfg.score) if len(p) else np.zeros(0)
-            for d, p in zip(dets, probs, strict=True)]
+    cand = [candidate_scores(1.0 - p[:, 0], d.scores, vcfg.score) for d, p in zip(dets, probs, strict=True)]
     scores = np.array([float(c.max()) if len(c) else 0.0 for c in cand])
     free = None
     if vcfg.fail_from_defect_free_regions:
         free = []
         for s, d, c, g in zip(samples, dets, cand, gt, strict=True):
             if s.defective:
-                keep = defect_free(d.boxes, g) if len(c) else np.zeros(0, bool)
+                keep = defect_free(d.boxes, g)
                 free.append(float(c[keep].max()) if keep.any() else 0.0)
     return PartSample(scores, np.array([s.defective for s in samples], bool), None if free is None else np.array(free))
 
@@ -99,19 +98,23 @@ def _gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
 
 def train_reference(vcfg: VerdictConfig, classifier: OnnxClassifier, train: list[Sample], dets: list[Detections],
                     seed: int, deadline: float | None, max_parts: int = MAX_REFERENCE_TRAIN_PARTS,
-                    min_parts: int = MIN_REFERENCE_TRAIN_PARTS) -> PartSample:
+                    min_parts: int = MIN_REFERENCE_TRAIN_PARTS, console: Console | None = None) -> PartSample:
     """The train split's parts for the thresholds, scored by the line's models: up to ``max_parts`` of them in a
     seeded random order, and after ``deadline`` (time.monotonic; the training budget) no more than ``min_parts``."""
     order = np.random.default_rng(seed).permutation(len(train))[:max_parts]
     used, probs, gt = [], [], []
-    for i in order:
-        if deadline is not None and time.monotonic() > deadline and len(used) >= min_parts:
-            break
-        img = read_image(train[i].image)
-        h, w = img.shape[:2]
-        used.append(int(i))
-        probs.append(classifier.probs(classifier.crops(img, dets[i].boxes)))
-        gt.append(train[i].boxes_xyxy(w, h))
+    with make_progress(console) as progress:
+        task = add_task(progress, "score train parts", total=len(order), info="verdict thresholds")
+        for i in order:
+            if deadline is not None and time.monotonic() > deadline and len(used) >= min_parts:
+                break
+            img = read_image(train[i].image)
+            h, w = img.shape[:2]
+            used.append(int(i))
+            probs.append(classifier.probs(classifier.crops(img, dets[i].boxes)))
+            gt.append(train[i].boxes_xyxy(w, h))
+            progress.update(task, advance=1)
+            update_rate(progress, task, "img")
     return part_sample(vcfg, [train[i] for i in used], [dets[i] for i in used], probs, gt)
 
 
@@ -280,7 +283,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     train_sample = None
     if vcfg.reference == "train+val":
         train_sample = train_reference(vcfg, classifier, train, train_dets, cfg.seed,
-                                       None if deadline is None else deadline - MIN_RESERVE_S / 2)
+                                       None if deadline is None else deadline - MIN_RESERVE_S / 2, console=console)
     th = val_thresholds(vcfg, val_sample, train_sample)
     if th.reference_note:
         console.print(f"[yellow]  thresholds: {th.reference_note}[/]")

@@ -371,6 +371,18 @@ def test_verdict_reads_both_stages_and_runs_without_a_recorded_score_read_the_cl
         Pipeline(pipe.detector, pipe.classifier, 0.8, 0.3, score="max")
 
 
+def test_a_run_with_an_unknown_verdict_score_is_an_input_error_naming_it(tiny_run, tmp_path):
+    from common.export import write_metadata
+    from industrial_qc.pipeline import line_classifier_path
+
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    run = read_run_json(run_dir)
+    line = line_classifier_path(run_dir, run)
+    write_metadata(line, {"thresholds": {**run["thresholds"], "score": "max"}})
+    with pytest.raises(InputError, match=rf"{run_dir}: unknown verdict score 'max' .*{line.name}"):
+        Pipeline.from_run(run_dir)
+
+
 def test_train_reference_is_a_seeded_sample_that_stops_at_the_deadline(tiny_run, tiny_data):
     from common.config import CONFIG_DIR
     from industrial_qc.config import load_qc_config
