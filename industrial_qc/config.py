@@ -73,6 +73,10 @@ class DetectorConfig(StrictModel):
     # epoch, time up, early stop close). Unvalidated epochs never become best.pt. Ultralytics: every epoch (1).
     val_every: int = Field(default=5, ge=1)
     val_last: int = Field(default=10, ge=0)
+    # In-image defect copy-paste (industrial_qc/paste.py): the share of training images with defects that get one
+    # more copy of each, on their own surface, before mosaic. 0.5 vs 0: test mAP50 0.822 vs 0.718 (one pair, same
+    # data and budget; val mAP50 ahead at every matched epoch). 0 turns it off.
+    paste: float = Field(default=0.5, ge=0, le=1)
 
 
 class AugmentConfig(StrictModel):

@@ -17,6 +17,7 @@ import numpy as np
 
 from common.errors import InputError
 from common.runtime import import_ultralytics
+from industrial_qc import paste
 from industrial_qc.config import DetectorConfig
 
 
@@ -105,12 +106,13 @@ def cpu_bf16_training(enabled: bool):
         trainer_mod.autocast = original
 
 
-def _before_training(cfg: DetectorConfig, threads: int | None):
+def _before_training(cfg: DetectorConfig, threads: int | None, seed: int = 0, stats: dict | None = None):
     """Callback for Ultralytics' ``on_pretrain_routine_end`` (model, optimizer and EMA built, no step taken):
     the torch threads we were asked for (Ultralytics' device selection sets cores - 1 for CPU training: on 2
     cores a single thread computed while the other core mostly waited for the data loader); channels-last
-    weights, so oneDNN's convolutions skip a layout conversion per layer; and the weight average (EMA) sized to
-    this run (``ema_decay``, ``ema_tau``)."""
+    weights, so oneDNN's convolutions skip a layout conversion per layer; the weight average (EMA) sized to
+    this run (``ema_decay``, ``ema_tau``); and in-image defect copy-paste on the training set (``paste``; its
+    counts go to ``stats``)."""
 
     def callback(trainer) -> None:
         import torch
@@ -123,6 +125,7 @@ def _before_training(cfg: DetectorConfig, threads: int | None):
             trainer.model.to(memory_format=torch.channels_last)
         if trainer.ema is not None and trainer.ema.updates == 0:
             trainer.ema = ModelEMA(trainer.model, decay=cfg.ema_decay, tau=cfg.ema_tau)
+        paste.install(trainer.train_loader.dataset, cfg.paste, seed, stats)
 
     return callback
 
@@ -215,8 +218,8 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
         if minutes is not None:  # the flat-fielded copy came out of the same budget
             minutes = max(0.05, minutes - (time.monotonic() - t0) / 60)
         bf16 = use_cpu_bf16(cfg, device)
-        model.add_callback("on_pretrain_routine_end", _before_training(cfg, threads))
         during: dict = {}  # what the training steps really ran with, for metrics.json
+        model.add_callback("on_pretrain_routine_end", _before_training(cfg, threads, seed, during))
 
         def on_train_epoch_end(trainer) -> None:
             import torch

@@ -1,0 +1,69 @@
+"""In-image defect copy-paste for the detector's training samples (industrial_qc/paste.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from industrial_qc.paste import paste_defects
+
+
+def _grown(b: np.ndarray, margin: float = 0.25) -> np.ndarray:
+    g = max(3.0, margin * max(b[2] - b[0], b[3] - b[1]))
+    return np.array([b[0] - g, b[1] - g, b[2] + g, b[3] + g])
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1])
+
+
+def test_each_defect_is_copied_once_with_its_pixels_to_a_free_place_of_the_same_image():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    before = img.copy()
+    cls = np.array([[2.0], [0.0]], np.float32)
+    boxes = np.array([[10, 12, 22, 20], [70, 80, 110, 86]], np.float32)
+    for seed in range(20):
+        out, c, b = paste_defects(img, cls, boxes, np.random.default_rng(seed))
+        assert np.array_equal(img, before)  # the input is not modified
+        assert len(b) == len(c) and len(b) > 2  # 128 px leave room for at least one copy
+        assert np.array_equal(b[:2], boxes) and np.array_equal(c[:2], cls)
+        for k in range(2, len(b)):
+            src = int(np.flatnonzero((boxes[:, 2] - boxes[:, 0] == b[k, 2] - b[k, 0])
+                                     & (boxes[:, 3] - boxes[:, 1] == b[k, 3] - b[k, 1]))[0])
+            assert c[k, 0] == cls[src, 0]  # the copy keeps its class and size
+            x1, y1, x2, y2 = b[k].astype(int)
+            sx1, sy1, sx2, sy2 = boxes[src].astype(int)
+            assert np.array_equal(out[y1:y2, x1:x2], img[sy1:sy2, sx1:sx2])  # the defect's own pixels
+            assert min(x1, y1) >= 0 and max(x2, y2) <= 128
+            # it lands on no other box, and its margin is clear of theirs
+            for j in range(len(b)):
+                if j != k:
+                    assert not _overlap(b[k], _grown(b[j]))
+        outside = np.ones((128, 128), bool)  # pixels away from every copy's patch are unchanged
+        for k in range(2, len(b)):
+            x1, y1, x2, y2 = _grown(b[k]).astype(int)
+            outside[max(0, y1 - 1):y2 + 2, max(0, x1 - 1):x2 + 2] = False
+        assert np.array_equal(out[outside], img[outside])
+
+
+def test_a_defect_with_no_free_place_is_not_copied():
+    img = np.full((40, 40), 100, np.uint8)
+    cls = np.array([[1.0]], np.float32)
+    boxes = np.array([[5, 5, 35, 35]], np.float32)  # its grown patch fills the image
+    out, c, b = paste_defects(img, cls, boxes, np.random.default_rng(0))
+    assert len(c) == 1
+    assert len(b) == 1 and np.array_equal(out, img)
+
+
+def test_training_with_paste_copies_defects_into_the_samples(tmp_path, tiny_data):
+    """``detector.paste: 1.0`` on the tiny set: every drawn image with defects gets copies, and metrics.json
+    counts them; training runs through Ultralytics' mosaic with the added labels."""
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.detector import train_detector
+    from tests.industrial_qc.conftest import TINY_CONFIG
+
+    cfg = load_qc_config(TINY_CONFIG, ["detector.epochs=1", "detector.paste=1.0"]).detector
+    res = train_detector(cfg, tiny_data, tmp_path, threads=2)
+    assert res.epochs_run == 1
+    assert res.metrics["paste_images"] > 0
+    assert res.metrics["paste_defects"] >= res.metrics["paste_images"]
