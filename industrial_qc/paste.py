@@ -38,7 +38,8 @@ def paste_defects(img: np.ndarray, cls: np.ndarray, boxes: np.ndarray, rng: np.r
     ``img`` (H, W, C) uint8; ``cls`` (K, 1); ``boxes`` (K, 4) x1, y1, x2, y2 in pixels. The copied patch is the
     box grown by ``margin`` of its longer side (at least 3 px) each way; it is blended with weights falling from
     1 on the box to 0 at the patch border, and it never lands on another box or copy (grown the same way). A
-    defect with no free place after ``tries`` draws is not copied. Returns a new image, classes and boxes (the
+    defect whose patch touches another defect's box (the copy would carry an unlabelled piece of it) or that
+    finds no free place in ``tries`` draws is not copied. Returns a new image, classes and boxes (the
     originals first); the input arrays are not modified.
     """
     h, w = img.shape[:2]
@@ -54,6 +55,8 @@ def paste_defects(img: np.ndarray, cls: np.ndarray, boxes: np.ndarray, rng: np.r
         pw, ph = px2 - px1, py2 - py1
         if pw >= w or ph >= h or pw < 2 or ph < 2:
             continue
+        if _overlaps(np.array([px1, py1, px2, py2], np.float32), np.delete(boxes, k, axis=0)):
+            continue  # its patch would carry an unlabelled piece of a neighbouring defect
         for _ in range(tries):
             dx, dy = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
             core = np.array([x1 - px1 + dx, y1 - py1 + dy, x2 - px1 + dx, y2 - py1 + dy], np.float32)

@@ -55,6 +55,18 @@ def test_a_defect_with_no_free_place_is_not_copied():
     assert len(b) == 1 and np.array_equal(out, img)
 
 
+def test_a_defect_next_to_another_is_not_copied_with_a_piece_of_it():
+    """Two pits 2 px apart: each one's patch (box + 3 px) holds part of the other, which the copy would carry
+    without a label; only the lone defect is copied."""
+    img = np.random.default_rng(1).integers(0, 256, (160, 160), dtype=np.uint8)
+    cls = np.array([[1.0], [1.0], [3.0]], np.float32)
+    boxes = np.array([[20, 20, 28, 28], [30, 20, 38, 28], [100, 100, 130, 110]], np.float32)
+    for seed in range(10):
+        _, c, b = paste_defects(img, cls, boxes, np.random.default_rng(seed))
+        assert len(b) == 4 and c[3, 0] == 3.0
+        assert b[3, 2] - b[3, 0] == 30 and b[3, 3] - b[3, 1] == 10
+
+
 def test_training_with_paste_copies_defects_into_the_samples(tmp_path, tiny_data):
     """``detector.paste: 1.0`` on the tiny set: every drawn image with defects gets copies, and metrics.json
     counts them; training runs through Ultralytics' mosaic with the added labels."""
