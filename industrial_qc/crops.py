@@ -116,7 +116,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- crop sets
-def _overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float) -> bool:
+def overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float = 0.0) -> bool:
+    """Whether ``box`` (x1, y1, x2, y2) overlaps any of ``gt`` (K, 4), each grown by ``margin`` of its size."""
     if len(gt) == 0:
         return False
     g = np.asarray(gt, np.float32).copy()
@@ -132,7 +133,7 @@ def _overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float) -> bool:
 
 def defect_free(boxes: np.ndarray, gt: np.ndarray, margin: float = 0.25) -> np.ndarray:
     """Mask (N,) of the xyxy ``boxes`` that touch no ground-truth box grown by ``margin`` of its size."""
-    return np.array([not _overlaps_any(b, gt, margin) for b in np.asarray(boxes, np.float32).reshape(-1, 4)], bool)
+    return np.array([not overlaps_any(b, gt, margin) for b in np.asarray(boxes, np.float32).reshape(-1, 4)], bool)
 
 
 def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt: np.ndarray, n: int,
@@ -149,7 +150,7 @@ def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt
             w, h = side * min(1.0, aspect), side * min(1.0, 1 / aspect)
             x1, y1 = rng.uniform(0, img_w - w), rng.uniform(0, img_h - h)
             box = np.array([x1, y1, x1 + w, y1 + h], np.float32)
-            if not _overlaps_any(box, gt, margin=0.25):
+            if not overlaps_any(box, gt, margin=0.25):
                 out.append(box)
                 break
     return np.array(out, np.float32).reshape(-1, 4)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from industrial_qc.crops import overlaps_any
+
 
 def _feather(h: int, w: int, core: tuple[int, int, int, int]) -> np.ndarray:
     """(h, w) float32 weights: 1 on the core box (x1, y1, x2, y2 inside the patch), falling linearly to 0 at the
@@ -22,13 +24,6 @@ def _feather(h: int, w: int, core: tuple[int, int, int, int]) -> np.ndarray:
     ax = np.minimum(np.clip((xs + 1) / max(x1 + 1, 1), 0, 1), np.clip((w - xs) / max(w - x2 + 1, 1), 0, 1))
     ay = np.minimum(np.clip((ys + 1) / max(y1 + 1, 1), 0, 1), np.clip((h - ys) / max(h - y2 + 1, 1), 0, 1))
     return np.minimum(ay[:, None], ax[None, :])
-
-
-def _overlaps(box: np.ndarray, others: np.ndarray) -> bool:
-    if len(others) == 0:
-        return False
-    return bool(np.any((box[0] < others[:, 2]) & (box[2] > others[:, 0])
-                       & (box[1] < others[:, 3]) & (box[3] > others[:, 1])))
 
 
 def paste_defects(img: np.ndarray, cls: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
@@ -55,13 +50,13 @@ def paste_defects(img: np.ndarray, cls: np.ndarray, boxes: np.ndarray, rng: np.r
         pw, ph = px2 - px1, py2 - py1
         if pw >= w or ph >= h or pw < 2 or ph < 2:
             continue
-        if _overlaps(np.array([px1, py1, px2, py2], np.float32), np.delete(boxes, k, axis=0)):
+        if overlaps_any(np.array([px1, py1, px2, py2], np.float32), np.delete(boxes, k, axis=0)):
             continue  # its patch would carry an unlabelled piece of a neighbouring defect
         for _ in range(tries):
             dx, dy = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
             core = np.array([x1 - px1 + dx, y1 - py1 + dy, x2 - px1 + dx, y2 - py1 + dy], np.float32)
             spot = np.array([dx, dy, dx + pw, dy + ph], np.float32)
-            if not _overlaps(spot, taken):
+            if not overlaps_any(spot, taken):
                 break
         else:
             continue
