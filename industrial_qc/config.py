@@ -134,6 +134,10 @@ class VerdictConfig(StrictModel):
     """How thresholds are chosen on the validation split (see ``industrial_qc.verdict``)."""
 
     target_recall: float = Field(default=0.99, gt=0, le=1)  # part-level defect recall (not PASS)
+    # Confidence that the review threshold keeps target_recall: it may pass only as many defective reference parts
+    # as keep the one-sided upper bound of the miss rate within 1 - target_recall (0 = the point estimate; see
+    # ``industrial_qc.verdict.review_threshold``).
+    recall_confidence: float = Field(default=0.95, ge=0, lt=1)
     max_false_reject: float = Field(default=0.01, ge=0, le=1)  # share of good val parts allowed to FAIL
     min_review_threshold: float = Field(default=0.02, gt=0, lt=1)
     max_review_threshold: float = Field(default=0.5, gt=0, lt=1)

@@ -85,7 +85,8 @@ def val_thresholds(vcfg: VerdictConfig, val: PartSample, train: PartSample | Non
                              max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
                              max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold,
                              defect_free_scores=val.defect_free,
-                             train=train if vcfg.reference == "train+val" else None, score=vcfg.score)
+                             train=train if vcfg.reference == "train+val" else None, score=vcfg.score,
+                             recall_confidence=vcfg.recall_confidence)
 
 
 def _gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
@@ -285,8 +286,9 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         train_sample = train_reference(vcfg, classifier, train, train_dets, cfg.seed,
                                        None if deadline is None else deadline - MIN_RESERVE_S / 2, console=console)
     th = val_thresholds(vcfg, val_sample, train_sample)
-    if th.reference_note:
-        console.print(f"[yellow]  thresholds: {th.reference_note}[/]")
+    for note in (th.reference_note, th.review_note):
+        if note:
+            console.print(f"[yellow]  thresholds: {note}[/]")
     thresholds = th.to_dict()
     for path in {out / "classifier.onnx", classifier.model.path}:
         write_metadata(path, {"thresholds": thresholds})

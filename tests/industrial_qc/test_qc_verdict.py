@@ -18,11 +18,13 @@ from industrial_qc.crops import (
 from industrial_qc.pipeline import decode, letterbox, nms
 from industrial_qc.verdict import (
     PartSample,
+    allowed_misses,
     binomial_upper,
     candidate_scores,
     choose_thresholds,
     part_rates,
     part_verdict,
+    review_threshold,
 )
 
 
@@ -220,6 +222,47 @@ def test_binomial_upper_matches_the_distribution():
         cdf = [sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(j + 1)) for j in range(n + 1)]
         assert cdf[k] >= 0.95 and (k == 0 or cdf[k - 1] < 0.95), (n, rate, k)
     assert binomial_upper(75, 0.01) == 2 and binomial_upper(10, 0.0) == 0
+
+
+def test_allowed_misses_is_the_one_sided_upper_bound():
+    for n, rate, conf in ((299, 0.01, 0.95), (1000, 0.01, 0.95), (500, 0.02, 0.9), (40, 0.3, 0.8), (2000, 0.005, 0.99)):
+        k = allowed_misses(n, rate, conf)
+        cdf = [sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(j + 1)) for j in range(k + 2)]
+        assert k >= 0 and cdf[k] <= 1 - conf < cdf[k + 1], (n, rate, conf, k)
+    # 1 % at 95 % needs 299 parts without a miss: the benchmark's 75 val parts cannot show it
+    assert allowed_misses(298, 0.01, 0.95) == -1 and allowed_misses(75, 0.01, 0.95) == -1
+    assert allowed_misses(75, 0.01, 0.0) == 0 and allowed_misses(250, 0.01, 0.0) == 2  # the point estimate
+    assert allowed_misses(100, 0.0, 0.95) == -1  # 100 % recall can never be shown
+
+
+def test_review_threshold_too_few_defective_parts_stay_at_the_floor():
+    rng = np.random.default_rng(3)
+    s = rng.uniform(0.3, 1.0, 75)
+    ref = PartSample(np.r_[s, np.zeros(25)], np.r_[np.ones(75, bool), np.zeros(25, bool)])
+    kw = dict(target_recall=0.99, min_review=0.02, max_review=0.5)
+    t, k, note = review_threshold(ref, confidence=0.95, **kw)
+    assert (t, k) == (0.02, -1) and "75 defective reference parts" in note and "floor 0.02" in note
+    assert review_threshold(ref, confidence=0.0, **kw) == (pytest.approx(s.min()), 0, None)
+    th = choose_thresholds(ref.scores, ref.defective, recall_confidence=0.95, max_false_reject=0.01, min_fail=0.5,
+                           **kw)
+    assert th.review == 0.02 and th.review_misses_allowed == -1 and th.review_note == note
+    assert th.recall_confidence == 0.95 and th.val_recall == 1.0
+
+
+def test_review_threshold_with_a_margin_holds_the_recall_on_new_parts():
+    # defect scores ~ U(0, 1): the true miss rate at threshold t is t. From 1000 parts, the point estimate (10th
+    # lowest) overshoots 1 % about half the time; the 95 % bound holds it in at least 95 % of the draws
+    rng = np.random.default_rng(4)
+    kw = dict(target_recall=0.99, min_review=1e-6, max_review=0.5)
+    point, bound = [], []
+    for _ in range(400):
+        ref = PartSample(rng.uniform(0, 1, 1000), np.ones(1000, bool))
+        point.append(review_threshold(ref, confidence=0.0, **kw)[0])
+        t, k, note = review_threshold(ref, confidence=0.95, **kw)
+        assert k == 4 and note is None
+        bound.append(t)
+    assert np.mean(np.array(point) <= 0.01) < 0.7
+    assert np.mean(np.array(bound) <= 0.01) >= 0.95
 
 
 def _parts(rng, n_def, n_good, defect_scores):
