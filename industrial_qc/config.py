@@ -59,6 +59,9 @@ class DetectorConfig(StrictModel):
     target_box_recall: float = Field(default=0.98, gt=0, le=1)
     iou: float = Field(default=0.3, gt=0, le=1)  # class-agnostic NMS: overlapping candidates make one crop
     max_det: int = Field(default=12, ge=1)
+    # Each part's best min_candidates detections (down to min_conf) go to stage 2 even when they score below the line
+    # confidence: a part the detector barely sees is reviewed by the classifier instead of passing unseen.
+    min_candidates: int = Field(default=1, ge=0)
     # bf16 autocast when training on a CPU with native bf16 (AMX / AVX512-BF16): ~1.75x the epochs per minute there;
     # ignored (fp32) on other CPUs, where bf16 is emulated and slower.
     cpu_bf16: bool = True
@@ -77,6 +80,14 @@ class DetectorConfig(StrictModel):
     # more copy of each, on their own surface, before mosaic. 0.5 vs 0: test mAP50 0.822 vs 0.718 (one pair, same
     # data and budget; val mAP50 ahead at every matched epoch). 0 turns it off.
     paste: float = Field(default=0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _line_candidates(self) -> DetectorConfig:
+        if self.min_conf > self.conf:
+            raise ValueError(f"min_conf {self.min_conf} is above conf {self.conf}")
+        if self.min_candidates > self.max_det:
+            raise ValueError(f"min_candidates {self.min_candidates} is above max_det {self.max_det}")
+        return self
 
 
 class AugmentConfig(StrictModel):

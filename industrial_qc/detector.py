@@ -293,6 +293,8 @@ def export_detector(pt: Path, out: Path, cfg: DetectorConfig, labels: list[str],
         "conf": cfg.conf,
         "iou": cfg.iou,
         "max_det": cfg.max_det,
+        "min_candidates": cfg.min_candidates,  # kept below conf when fewer score above it ...
+        "floor_conf": cfg.min_conf,  # ... down to this confidence
         "nms": "class-agnostic, numpy",
         "exported_at": now_iso(),
         "versions": package_versions(),

@@ -84,13 +84,25 @@ class Detections:
         return len(self.scores)
 
 
-def decode(output: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+def decode(output: np.ndarray, conf: float, iou: float, max_det: int, min_keep: int = 0,
+           floor: float | None = None) -> Detections:
     """Ultralytics Detect head output (1, 4 + nc, A) [cx, cy, w, h, class scores] -> NMS'd detections
-    in input (letterboxed) pixels. Class-agnostic NMS: overlapping candidates make one crop."""
+    in input (letterboxed) pixels, best first. Class-agnostic NMS: overlapping candidates make one crop.
+
+    Detections score >= ``conf``; when fewer than ``min_keep`` do, the best ``min_keep`` scoring >= ``floor``
+    are kept instead (greedy NMS decides in score order, so those above ``conf`` come first and are the same)."""
     pred = output[0].T  # (A, 4 + nc)
     cls_scores = pred[:, 4:]
     cls = cls_scores.argmax(axis=1)
     score = cls_scores[np.arange(len(cls)), cls]
+    det = _nms_above(pred, score, cls, conf, iou, max_det)
+    if len(det) < min_keep and floor is not None and floor < conf:
+        det = _nms_above(pred, score, cls, floor, iou, min_keep)
+    return det
+
+
+def _nms_above(pred: np.ndarray, score: np.ndarray, cls: np.ndarray, conf: float, iou: float,
+               max_det: int) -> Detections:
     m = score >= conf
     if not m.any():
         return Detections()
@@ -113,6 +125,9 @@ class OnnxDetector:
         self.conf = float(md.get("conf", 0.05))
         self.iou = float(md.get("iou", 0.5))
         self.max_det = int(md.get("max_det", 20))
+        # the best min_candidates detections down to floor_conf are kept even below conf (runs before: none)
+        self.min_candidates = int(md.get("min_candidates", 0))
+        self.floor_conf = float(md.get("floor_conf", self.conf))
         # runs exported before the transform existed have no "flatfield" entry: raw input
         self.flatfield: dict | None = (md.get("preprocessing") or {}).get("flatfield")
 
@@ -122,7 +137,7 @@ class OnnxDetector:
         x = padded[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) * (1.0 / 255.0)
         out = self.model.run(x)
         det = decode(out, self.conf if conf is None else conf, self.iou if iou is None else iou,
-                     self.max_det if max_det is None else max_det)
+                     self.max_det if max_det is None else max_det, self.min_candidates, self.floor_conf)
         if len(det):
             det.boxes[:, [0, 2]] = (det.boxes[:, [0, 2]] - left) / r
             det.boxes[:, [1, 3]] = (det.boxes[:, [1, 3]] - top) / r

@@ -149,8 +149,10 @@ def _int8_agreement(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
     return out
 
 
-def _keep(d: Detections, conf: float) -> Detections:
+def _keep(d: Detections, conf: float, min_keep: int) -> Detections:
+    """What the line detector makes at ``conf`` of detections made at its floor (``decode``: best first)."""
     m = d.scores >= conf
+    m[:min_keep] = True
     return Detections(d.boxes[m], d.scores[m], d.classes[m])
 
 
@@ -221,7 +223,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
                                        iou_thr=cfg.verdict.match_iou, floor=dcfg.min_conf, ceiling=dcfg.conf)
         detector.conf = conf
         write_metadata(out / "detector.onnx", {"conf": conf})
-        val_dets = [_keep(d, conf) for d in val_raw]
+        val_dets = [_keep(d, conf, dcfg.min_candidates) for d in val_raw]
         need_train_dets = (ccfg.hard_negatives or ccfg.proposals_per_defect > 0
                            or cfg.verdict.reference == "train+val")
         train_dets = _detect_all(detector, train, progress, "detect train") if need_train_dets else []

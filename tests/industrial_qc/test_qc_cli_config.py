@@ -44,6 +44,10 @@ def test_config_errors_name_file_and_key(tmp_path):
     assert str(bad) in msg and "detector.model" in msg and "detector.colour" in msg
     with pytest.raises(ConfigError, match="crop_size"):
         load_qc_config(None, ["classifier.crop_size=63"])
+    with pytest.raises(ConfigError, match="min_candidates 13 is above max_det 12"):
+        load_qc_config(None, ["detector.min_candidates=13"])
+    with pytest.raises(ConfigError, match="min_conf 0.01 is above conf 0.005"):
+        load_qc_config(None, ["detector.min_conf=0.01"])
 
 
 def test_detector_weights_fine_tune_from_local_file(tiny_run):

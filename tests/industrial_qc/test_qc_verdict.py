@@ -120,6 +120,21 @@ def test_letterbox_and_decode_map_back():
     np.testing.assert_allclose(det.boxes[0], [43, 43, 53, 53])
 
 
+def test_decode_keeps_the_best_candidates_below_conf_down_to_the_floor():
+    raw = np.zeros((1, 4 + 2, 4), np.float32)
+    raw[0, :4] = np.array([[20, 20, 8, 8], [21, 21, 8, 8], [60, 60, 6, 6], [80, 30, 6, 6]], np.float32).T
+    raw[0, 4] = [0.003, 0.0025, 0.002, 0.0005]  # all below conf; the second overlaps the first; the last under floor
+    kw = dict(conf=0.005, iou=0.3, max_det=12)
+    assert len(decode(raw, **kw)) == 0 and len(decode(raw, **kw, min_keep=1)) == 0  # no floor: nothing
+    one = decode(raw, **kw, min_keep=1, floor=0.001)
+    assert one.scores.tolist() == pytest.approx([0.003])
+    two = decode(raw, **kw, min_keep=3, floor=0.001)  # NMS first: the overlapping one and the one under floor go
+    assert two.scores.tolist() == pytest.approx([0.003, 0.002])
+    raw[0, 4, 2] = 0.5  # one candidate above conf: the rule changes nothing
+    assert decode(raw, **kw, min_keep=1, floor=0.001).scores.tolist() == pytest.approx([0.5])
+    assert decode(raw, **kw, min_keep=2, floor=0.001).scores.tolist() == pytest.approx([0.5, 0.003])
+
+
 def test_nms_is_class_agnostic_and_caps():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [70, 70, 80, 80]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
