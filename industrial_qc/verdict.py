@@ -97,16 +97,21 @@ class PartSample:
                           np.concatenate(free) if free else None)
 
 
+def _binomial_cdf(n: int, rate: float) -> np.ndarray:
+    """(n + 1,) P(X <= k) for X ~ Binomial(n, rate), k = 0..n."""
+    if rate >= 1.0:
+        return np.r_[np.zeros(n), 1.0]
+    pmf = np.empty(n + 1)
+    pmf[0] = (1.0 - rate) ** n
+    for k in range(n):
+        pmf[k + 1] = pmf[k] * (n - k) / (k + 1) * rate / (1.0 - rate)
+    return np.cumsum(pmf)
+
+
 def binomial_upper(n: int, rate: float, confidence: float = 0.95) -> int:
     """The smallest k with P(X <= k) >= confidence for X ~ Binomial(n, rate): how many misses n parts may show
     when the true miss rate is ``rate``."""
-    pmf = (1.0 - rate) ** n
-    cdf, k = pmf, 0
-    while cdf < confidence and k < n:
-        pmf *= (n - k) / (k + 1) * rate / (1.0 - rate) if rate < 1 else 0.0
-        k += 1
-        cdf += pmf
-    return k
+    return min(int(np.searchsorted(_binomial_cdf(n, rate), confidence, side="left")), n)
 
 
 def allowed_misses(n: int, rate: float, confidence: float) -> int:
@@ -116,17 +121,7 @@ def allowed_misses(n: int, rate: float, confidence: float) -> int:
     299 parts for a 1 % rate at 95 %). ``confidence`` 0 is the point estimate floor(rate * n)."""
     if confidence <= 0.0:
         return int(np.floor(rate * n + 1e-9))
-    if rate <= 0.0:
-        return -1
-    if rate >= 1.0:
-        return n
-    pmf = (1.0 - rate) ** n
-    cdf, k = pmf, -1
-    while k < n and cdf <= 1.0 - confidence:
-        k += 1
-        pmf *= (n - k) / (k + 1) * rate / (1.0 - rate)
-        cdf += pmf
-    return k
+    return int(np.searchsorted(_binomial_cdf(n, rate), 1.0 - confidence, side="right")) - 1
 
 
 def review_threshold(ref: PartSample, *, target_recall: float, confidence: float, min_review: float,
@@ -146,9 +141,12 @@ def review_threshold(ref: PartSample, *, target_recall: float, confidence: float
 
 
 def _read_thresholds(ref: PartSample, *, target_recall: float, max_false_reject: float, min_review: float,
-                     max_review: float, min_fail: float, recall_confidence: float = 0.0) -> tuple[float, float]:
-    review, _, _ = review_threshold(ref, target_recall=target_recall, confidence=recall_confidence,
-                                    min_review=min_review, max_review=max_review)
+                     max_review: float, min_fail: float, recall_confidence: float = 0.0
+                     ) -> tuple[float, float, int, str | None]:
+    """fail and review thresholds from ``ref``, with ``review_threshold``'s allowed misses and note."""
+    review, misses_allowed, review_note = review_threshold(ref, target_recall=target_recall,
+                                                           confidence=recall_confidence, min_review=min_review,
+                                                           max_review=max_review)
     fail = max(review, min_fail)
     good = ref.clean_surface()
     if len(good):
@@ -158,7 +156,7 @@ def _read_thresholds(ref: PartSample, *, target_recall: float, max_false_reject:
             # strictly above the (allowed+1)-th highest good score fails at most `allowed` good parts
             fail = max(fail, float(np.nextafter(ranked[allowed], np.inf)))
     fail = float(min(fail, 1.0))
-    return max(fail, review), review
+    return max(fail, review), review, misses_allowed, review_note
 
 
 def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_recall: float,
@@ -199,7 +197,7 @@ def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_
     ref, note = val, None
     if train is not None and len(train.scores):
         pooled = val + train
-        fail, review = _read_thresholds(pooled, **kw)
+        fail, review, _, _ = _read_thresholds(pooled, **kw)
         n_def, clean = int(val.defective.sum()), val.clean_surface()
         misses = int((val.scores[val.defective] < review).sum())
         miss_limit = binomial_upper(n_def, 1.0 - target_recall)
@@ -211,9 +209,7 @@ def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_
             note = (f"train split not used: at its thresholds (review {review:.3f}, fail {fail:.3f}) {misses} of "
                     f"{n_def} defective val parts pass (bound {miss_limit}) and {alarms} of {len(clean)} clean val "
                     f"samples fail (bound {alarm_limit})")
-    fail, review = _read_thresholds(ref, **kw)
-    _, misses_allowed, review_note = review_threshold(ref, target_recall=target_recall, confidence=recall_confidence,
-                                                      min_review=min_review, max_review=max_review)
+    fail, review, misses_allowed, review_note = _read_thresholds(ref, **kw)
     s, y = val.scores, val.defective
     v = np.array([part_verdict([x], fail, review) for x in s])
     good = ref.clean_surface()
