@@ -3,6 +3,7 @@ reviewed truth, and the YOLO export of reviewed parts.
 
 A qc record (``industrial_qc.line`` / ``industrial_qc.score``) holds ``file`` (or ``source``), ``timestamp``,
 ``verdict``, ``defects`` (each: ``box`` xyxy px, ``det_class``, ``det_conf``, ``cls_class``, ``cls_prob``,
+``class`` / ``class_prob`` (the name from both stages, shown to the reviewer; older records: the classifier's),
 ``defect_prob``, ``defect_score`` (what the verdict read), ``level``: fail | review), ``latency_ms``, ``run_id``,
 ``status``, ``reason`` and optionally ``width``/``height``, ``max_defect_prob``, ``max_defect_score``.
 Readers here accept missing optional fields and a few spellings of each.
@@ -40,12 +41,16 @@ def norm_defect(d: dict) -> dict:
     det_conf = _first(d, "det_conf", "detector_confidence", "confidence", "conf")
     cls_prob = _first(d, "cls_prob", "classifier_prob", "probability", "prob")
     defect_prob = _first(d, "defect_prob", default=cls_prob if cls_prob is not None else det_conf)
+    name = _first(d, "class", default=cls_class)  # the line's name from both stages; older records: the classifier's
+    name_prob = _first(d, "class_prob", default=cls_prob)
     return {
         "box": [float(v) for v in (box if isinstance(box, list | tuple) and len(box) == 4 else [0, 0, 0, 0])],
         "det_class": None if det_class is None else str(det_class),
         "det_conf": None if det_conf is None else float(det_conf),
         "cls_class": str(cls_class if cls_class is not None else "defect"),
         "cls_prob": None if cls_prob is None else float(cls_prob),
+        "class": str(name if name is not None else "defect"),
+        "class_prob": None if name_prob is None else float(name_prob),
         "defect_prob": float(defect_prob) if defect_prob is not None else 0.0,
         # what the verdict compared with the thresholds; records from before it was written: the probability
         "defect_score": float(_first(d, "defect_score", default=defect_prob if defect_prob is not None else 0.0)),
@@ -103,7 +108,7 @@ def parts_frame(parts: list[dict], latest: dict[str, dict] | None = None) -> pd.
             "time": p["timestamp"],
             "verdict": p["verdict"],
             "defects": len(p["defects"]),
-            "classes": sorted({d["cls_class"] for d in p["defects"]}),
+            "classes": sorted({d["class"] for d in p["defects"]}),
             "top_prob": round(p["max_defect_prob"], 4),
             "latency_ms": p["latency_ms"],
             "reviewed": rev["decision"] if rev else "",

@@ -51,10 +51,10 @@ def draw_defects(img: np.ndarray, defects: list[dict], names: list[str], selecte
     thick = max(2, round(max(out.shape[:2]) / 300))
     font = 0.4 + 0.1 * thick
     for i, d in enumerate(defects):
-        colour = class_colour(d["cls_class"], names)
+        colour = class_colour(d["class"], names)
         x1, y1, x2, y2 = (round(v * scale) for v in d["box"])
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick * (2 if i == selected else 1), cv2.LINE_8)
-        text = f"#{i} {d['cls_class']} {d['defect_prob']:.2f}"  # as the line's annotated images
+        text = f"#{i} {d['class']} {d['defect_prob']:.2f}"  # as the line's annotated images
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         ty = y1 - 3 if y1 - th - base - 3 >= 0 else min(y2 + th + 3, out.shape[0] - base)
         cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base - 1), colour, -1)

@@ -68,8 +68,8 @@ def class_names(run: dict | None, parts: list[dict]) -> list[str]:
     names = list((run or {}).get("detector_names") or [n for n in (run or {}).get("labels", []) if n != "background"])
     for p in parts:
         for d in p["defects"]:
-            if d["cls_class"] not in names:
-                names.append(d["cls_class"])
+            if d["class"] not in names:
+                names.append(d["class"])
     return names
 
 
@@ -170,9 +170,10 @@ def crops_panel(ctx: dict, part: dict, img) -> None:
         if i < len(crops):
             c_img.image(crops[i], width=112)
         det = f"detector {d['det_class']} {d['det_conf']:.2f}" if d["det_conf"] is not None else "detector -"
-        cls_p = d["cls_prob"] if d["cls_prob"] is not None else d["defect_prob"]
+        cls = f"classifier {d['cls_class']} {d['cls_prob']:.2f}" if d["cls_prob"] is not None else "classifier -"
+        name_p = d["class_prob"] if d["class_prob"] is not None else d["defect_prob"]
         level = f" · {d['level'].upper()} level" if d.get("level") else ""
-        c_txt.markdown(f"**#{i} {d['cls_class']}** {cls_p:.2f}  \n{det} · defect p {d['defect_prob']:.2f}"
+        c_txt.markdown(f"**#{i} {d['class']}** {name_p:.2f}  \n{cls} · {det} · defect p {d['defect_prob']:.2f}"
                        f" · score {d['defect_score']:.2f}{level}")
         if probs is not None and i < len(probs):
             labels = ctx["clf"].labels
@@ -188,10 +189,10 @@ def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
         actions = []
         for i, d in enumerate(part["defects"]):
             c1, c2 = st.columns([2, 2])
-            act = c1.radio(f"#{i} {d['cls_class']} {d['defect_prob']:.2f}", ["confirm", "reject"], horizontal=True,
+            act = c1.radio(f"#{i} {d['class']} {d['defect_prob']:.2f}", ["confirm", "reject"], horizontal=True,
                            key=f"qc_act_{idx}_{i}")
-            opts = names if d["cls_class"] in names else [*names, d["cls_class"]]
-            lab = c2.selectbox(f"#{i} class", opts, index=opts.index(d["cls_class"]), key=f"qc_lbl_{idx}_{i}")
+            opts = names if d["class"] in names else [*names, d["class"]]
+            lab = c2.selectbox(f"#{i} class", opts, index=opts.index(d["class"]), key=f"qc_lbl_{idx}_{i}")
             actions.append((d, act, lab))
         verdict = st.radio("Part verdict", [AUTO, "PASS", "FAIL"], horizontal=True, key=f"qc_verdict_{idx}")
         note = st.text_input("Note", key=f"qc_note_{idx}")
@@ -211,7 +212,7 @@ def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
     details = {
         "model_verdict": part["verdict"],
         "verdict_mode": "auto" if verdict == AUTO else "manual",
-        "defects": [{"index": i, "box": d["box"], "model_class": d["cls_class"], "defect_prob": d["defect_prob"],
+        "defects": [{"index": i, "box": d["box"], "model_class": d["class"], "defect_prob": d["defect_prob"],
                      "action": a, "label": lab} for i, (d, a, lab) in enumerate(actions)],
     }
     try:

@@ -63,7 +63,7 @@ def run_demo(workdir: Path, *, console: Console, minutes: float) -> dict:
     for r in records[:15]:
         name = Path(r["file"]).name
         found = r.get("defects", [])
-        defects = ", ".join(f"{d['cls_class']} {d.get('defect_score', d['defect_prob']):.2f}" for d in found[:3]) or "-"
+        defects = ", ".join(f"{d['class']} {d.get('defect_score', d['defect_prob']):.2f}" for d in found[:3]) or "-"
         defects += f" (+{len(found) - 3})" if len(found) > 3 else ""
         top = r.get("max_defect_score", r.get("max_defect_prob", 0))
         table.add_row(name, truth.get(name, "?"), r.get("verdict", "ERROR"), f"{top:.3f}", defects)

@@ -49,17 +49,17 @@ def match_defects(results: Sequence[dict], samples: Sequence[Sample], names: lis
         for key, keep in levels.items():
             preds = [d for d in res["defects"] if keep(d)]
             for d in preds:
-                n_pred[key][d["cls_class"]] = n_pred[key].get(d["cls_class"], 0) + 1
+                n_pred[key][d["class"]] = n_pred[key].get(d["class"], 0) + 1
             if not len(gt) or not preds:
                 continue
             iou = box_iou(np.array([d["box"] for d in preds], np.float32), gt)
             used = np.zeros(len(gt), bool)
             for i, d in enumerate(preds):  # already sorted by defect probability
                 cand = [(iou[i, j], j) for j in range(len(gt))
-                        if not used[j] and gt_cls[j] == d["cls_class"] and iou[i, j] >= iou_thr]
+                        if not used[j] and gt_cls[j] == d["class"] and iou[i, j] >= iou_thr]
                 if cand:
                     used[max(cand)[1]] = True
-                    tp[key][d["cls_class"]] += 1
+                    tp[key][d["class"]] += 1
     out = {
         key: {c: {"precision": tp[key][c] / n_pred[key][c] if n_pred[key][c] else None,
                   "recall": tp[key][c] / n_gt[c] if n_gt[c] else None,

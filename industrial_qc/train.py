@@ -153,7 +153,7 @@ def _keep(d: Detections, conf: float, min_keep: int) -> Detections:
     """What the line detector makes at ``conf`` of detections made at its floor (``decode``: best first)."""
     m = d.scores >= conf
     m[:min_keep] = True
-    return Detections(d.boxes[m], d.scores[m], d.classes[m])
+    return d.subset(m)
 
 
 def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Sample], train_dets: list[Detections],

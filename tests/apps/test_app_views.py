@@ -74,6 +74,12 @@ def test_qc_records_tolerate_missing_fields_and_csv_nesting(tmp_path):
         {"box": [1, 2, 3, 4], "cls_class": "pit", "det_conf": 0.4, "defect_prob": 0.85, "defect_score": 0.58}]}, 3)
     assert scored["defects"][0]["defect_score"] == 0.58 and scored["max_defect_score"] == 0.58
     assert scored["max_defect_prob"] == 0.85
+    # the name the line reports from both stages; a record from before it: the classifier's class
+    assert (parts[0]["defects"][0]["class"], parts[0]["defects"][0]["class_prob"]) == ("pit", 0.8)
+    both = qc_data.norm_defect({"box": [1, 2, 3, 4], "det_class": "crack", "cls_class": "scratch", "cls_prob": 0.55,
+                                "class": "crack", "class_prob": 0.97, "defect_prob": 0.95})
+    named = (both["class"], both["class_prob"], both["cls_class"], both["det_class"])
+    assert named == ("crack", 0.97, "scratch", "crack")
     df = qc_data.parts_frame(parts, {"a.png": {"decision": "FAIL"}})
     assert df["reviewed"].tolist() == ["FAIL", "", ""]
     k = qc_data.kpis(df)

@@ -211,7 +211,8 @@ def test_inspect_records_errors_and_scores_the_rest(tiny_run, line_folder, tmp_p
             assert r["verdict"] in {"PASS", "FAIL", "REVIEW"}
             assert r["latency_ms"] > 0 and isinstance(r["defects"], list)
             for d in r["defects"]:
-                assert {"box", "det_class", "det_conf", "cls_class", "cls_prob"} <= set(d)
+                assert {"box", "det_class", "det_conf", "cls_class", "cls_prob", "class", "class_prob"} <= set(d)
+                assert d["class"] in {"scratch", "pit", "stain", "crack"} and 0 < d["class_prob"] <= 1
     assert len(list((out / "error").iterdir())) == 3
     # a second run over the same folder records nothing new: the ledger remembers every part
     again = runner.invoke(app, ["inspect", str(tiny_run), str(line_folder), "--out", str(out)])
@@ -292,6 +293,31 @@ def test_each_reported_defect_says_whether_it_fails_the_part(tiny_run, tiny_data
     assert m["per_class"]["pit"]["recall"] == 1.0 and m["per_class_fail"]["pit"]["recall"] == 0.0
     assert m["per_class_fail"]["pit"]["precision"] is None  # nothing FAIL-level called pit
     assert m["per_class"]["crack"]["recall"] == 0.0 and m["localisation_recall"] == 2 / 3
+
+
+def test_a_reported_defect_is_named_by_both_stages_and_keeps_each_stages_own_class(tiny_run, tiny_data):
+    pipe = Pipeline.from_run(tiny_run)
+    pipe.review_threshold, pipe.fail_threshold = 0.3, 0.8
+    labels = pipe.classifier.labels
+    assert pipe.detector.labels == labels[1:] and pipe.class_index is not None
+    det = Detections(boxes=np.array([[0, 0, 10, 10], [40, 40, 60, 60]], np.float32),
+                     scores=np.array([0.9, 0.8], np.float32), classes=np.array([3, 1]),
+                     class_scores=np.array([[0.02, 0.01, 0.01, 0.9], [0.1, 0.8, 0.1, 0.1]], np.float32))
+    probs = np.zeros((2, len(labels)), np.float32)
+    probs[0, [0, 1, 4]] = 0.05, 0.55, 0.40  # the classifier leans scratch, the detector is sure of crack
+    probs[1, [0, 2]] = 0.1, 0.9  # both say pit
+    res = pipe.result(det, probs)
+    named = [(d["class"], d["cls_class"], d["det_class"]) for d in res["defects"]]
+    assert named == [("crack", "scratch", "crack"), ("pit", "pit", "pit")]
+    assert res["defects"][0]["class_prob"] == pytest.approx(0.40 * 0.9 / (0.55 * 0.02 + 0.40 * 0.9 + 0.0), abs=1e-4)
+    assert res["defects"][0]["cls_prob"] == pytest.approx(0.55)  # the classifier's own reading is kept as it was
+    # eval's per-class figures count the name the line reports
+    gt = np.array([[3, 5, 5, 10, 10]], np.float32)  # a crack
+    gt[:, 1:] /= 64
+    sample = load_dataset(tiny_data).split("test")[0]
+    sample = type(sample)(image=sample.image, label=None, boxes=gt)
+    res.update(status="ok", height=64, width=64)
+    assert match_defects([res], [sample], labels[1:], iou_thr=0.5)["per_class"]["crack"]["tp"] == 1
 
 
 def test_inspect_video_frames_once(tiny_run, tiny_data, tmp_path):

@@ -15,7 +15,7 @@ from industrial_qc.crops import (
     matched_proposal_boxes,
     square_regions,
 )
-from industrial_qc.pipeline import decode, letterbox, nms
+from industrial_qc.pipeline import Detections, class_index, decode, defect_class_probs, letterbox, nms
 from industrial_qc.verdict import (
     PartSample,
     allowed_misses,
@@ -133,6 +133,40 @@ def test_decode_keeps_the_best_candidates_below_conf_down_to_the_floor():
     raw[0, 4, 2] = 0.5  # one candidate above conf: the rule changes nothing
     assert decode(raw, **kw, min_keep=1, floor=0.001).scores.tolist() == pytest.approx([0.5])
     assert decode(raw, **kw, min_keep=2, floor=0.001).scores.tolist() == pytest.approx([0.5, 0.003])
+
+
+def test_decode_keeps_each_candidates_class_scores_with_it():
+    raw = np.zeros((1, 4 + 3, 3), np.float32)
+    raw[0, :4] = np.array([[20, 20, 8, 8], [60, 60, 6, 6], [21, 21, 8, 8]], np.float32).T
+    raw[0, 4:] = np.array([[0.2, 0.6, 0.1], [0.7, 0.0, 0.3], [0.5, 0.1, 0.0]], np.float32).T
+    det = decode(raw, conf=0.4, iou=0.3, max_det=12)  # the third overlaps the first and goes in NMS
+    assert det.scores.tolist() == pytest.approx([0.7, 0.6])
+    np.testing.assert_allclose(det.class_scores, [[0.7, 0.0, 0.3], [0.2, 0.6, 0.1]])
+    low = decode(raw, conf=0.9, iou=0.3, max_det=12, min_keep=1, floor=0.001)  # the floor path keeps them too
+    np.testing.assert_allclose(low.class_scores, [[0.7, 0.0, 0.3]])
+    np.testing.assert_allclose(low.subset(np.array([True])).class_scores, [[0.7, 0.0, 0.3]])
+
+
+def test_a_defect_is_named_by_both_stages():
+    labels = ["background", "scratch", "pit", "crack"]
+    assert class_index(["crack", "scratch", "pit"], labels).tolist() == [1, 2, 0]  # matched by name, not order
+    assert class_index(["scratch", "pit"], labels) is None  # the detector does not know every class
+    probs = np.array([[0.2, 0.45, 0.05, 0.30],  # the classifier leans scratch, the detector is sure of crack
+                      [0.1, 0.50, 0.40, 0.00],  # the classifier rules crack out; the detector leans crack, then pit
+                      [0.5, 0.10, 0.20, 0.20]])
+    det = Detections(np.zeros((3, 4), np.float32), np.array([0.8, 0.5, 0.3], np.float32), np.array([0, 0, 1]),
+                     np.array([[0.9, 0.05, 0.05], [0.6, 0.1, 0.5], [0.3, 0.3, 0.3]], np.float32))  # crack, scratch, pit
+    idx = class_index(["crack", "scratch", "pit"], labels)
+    named = defect_class_probs(probs, det, idx)
+    np.testing.assert_allclose(named.sum(axis=1), 1.0)
+    assert [labels[1 + k] for k in named.argmax(axis=1)] == ["crack", "pit", "pit"]
+    # each factor normalised: (0.45 / 0.8) * (0.05 / 1.0) for scratch against (0.30 / 0.8) * (0.9 / 1.0) for crack
+    assert named[0, 2] == pytest.approx(0.30 * 0.9 / (0.45 * 0.05 + 0.05 * 0.05 + 0.30 * 0.9))
+    np.testing.assert_allclose(named[2], [1 / 5, 2 / 5, 2 / 5])  # a detector without a preference leaves the classifier
+    # without the detector's class scores, or classes it does not know: the classifier's defect classes alone
+    bare = Detections(det.boxes, det.scores, det.classes)
+    for d, i in ((bare, idx), (det, None)):
+        np.testing.assert_allclose(defect_class_probs(probs, d, i), probs[:, 1:] / probs[:, 1:].sum(1, keepdims=True))
 
 
 def test_nms_is_class_agnostic_and_caps():
