@@ -2,7 +2,9 @@
 
 Validation says exactly what is wrong, naming the file and line: a malformed label line, a class id outside
 ``names``, coordinates outside [0, 1], an unreadable image, an empty split. An image without a label file is a
-good (defect-free) part. Torch-free: the eval and scoring paths use it too.
+good (defect-free) part. Label rows are boxes (``class cx cy w h``) or polygons (``class x1 y1 x2 y2 x3 y3 ...``,
+Ultralytics' segment rows, read as the box around the points, as Ultralytics reads them for detection).
+Torch-free: the eval and scoring paths use it too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from common.errors import InputError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "val", "test")
 MAX_REPORTED = 20
+MIN_DEFECT_PX = 6.0  # a defect's longer side at the detector's input below which it is easily missed (stride 8)
 
 
 @dataclass
@@ -124,43 +127,68 @@ def label_path_for(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def _label_row(fields: list[str], where: str, n_classes: int, yaml_name: str) -> tuple[list[float] | None, str | None]:
+    """One label row -> ([class, cx, cy, w, h], None) or (None, problem). A box row has 5 values; a polygon row
+    (Ultralytics' segment format: class x1 y1 x2 y2 x3 y3 ...) becomes the box around its points, as Ultralytics
+    reads it for detection."""
+    line = " ".join(fields)
+    polygon = len(fields) > 6
+    if polygon and len(fields) % 2 == 0:
+        return None, f"{where}: a polygon row needs class and x y pairs (an odd count), got {len(fields)} values"
+    if not polygon and len(fields) != 5:
+        return None, (f"{where}: expected 5 values 'class cx cy w h' (or a polygon 'class x1 y1 x2 y2 x3 y3 ...'), "
+                      f"got {len(fields)}: {line[:60]!r}")
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        return None, f"{where}: non-numeric value in {line[:60]!r}"
+    cls = values[0]
+    if cls != int(cls) or cls < 0:
+        return None, f"{where}: class id {fields[0]} is not a non-negative integer"
+    if int(cls) >= n_classes:
+        return None, f"{where}: class id {int(cls)} >= {n_classes} classes in {yaml_name}"
+    if polygon:
+        xy = np.array(values[1:]).reshape(-1, 2)
+        bad = [f"point {i + 1} ({x:g}, {y:g})" for i, (x, y) in enumerate(xy) if not (0 <= x <= 1 and 0 <= y <= 1)]
+        if bad:
+            return None, f"{where}: coordinates outside [0, 1]: {', '.join(bad[:3])}"
+        (x1, y1), (x2, y2) = xy.min(axis=0), xy.max(axis=0)
+        values = [cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+        if values[3] <= 0 or values[4] <= 0:
+            return None, f"{where}: polygon has zero width or height"
+        return values, None
+    bad = [f"{k}={v:g}" for k, v in zip(("cx", "cy", "w", "h"), values[1:], strict=True) if not 0.0 <= v <= 1.0]
+    if bad:
+        return None, f"{where}: coordinates outside [0, 1]: {', '.join(bad)}"
+    if values[3] <= 0 or values[4] <= 0:
+        return None, f"{where}: box has zero width or height"
+    return values, None
+
+
 def parse_label_file(path: Path, n_classes: int, yaml_name: str = "data.yaml") -> tuple[np.ndarray, list[str]]:
-    """Boxes (K, 5) from a YOLO txt file and the problems found, each ``file:line: what``."""
+    """Boxes (K, 5) from a YOLO txt file and the problems found, each ``file:line: what``. Box rows and polygon
+    rows are both read; a file that mixes them is refused, as Ultralytics refuses it."""
     problems: list[str] = []
     rows: list[list[float]] = []
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         return np.zeros((0, 5)), [f"{path}: unreadable label file ({exc})"]
+    kinds: dict[bool, int] = {}  # polygon row? -> first line number of that kind
     for no, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
+        fields = raw.split()
+        if not fields:
             continue
         where = f"{path}:{no}"
-        fields = line.split()
-        if len(fields) != 5:
-            problems.append(f"{where}: expected 5 values 'class cx cy w h', got {len(fields)}: {line[:60]!r}")
-            continue
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            problems.append(f"{where}: non-numeric value in {line[:60]!r}")
-            continue
-        cls = values[0]
-        if cls != int(cls) or cls < 0:
-            problems.append(f"{where}: class id {fields[0]} is not a non-negative integer")
-            continue
-        if int(cls) >= n_classes:
-            problems.append(f"{where}: class id {int(cls)} >= {n_classes} classes in {yaml_name}")
-            continue
-        bad = [f"{k}={v:g}" for k, v in zip(("cx", "cy", "w", "h"), values[1:], strict=True) if not 0.0 <= v <= 1.0]
-        if bad:
-            problems.append(f"{where}: coordinates outside [0, 1]: {', '.join(bad)}")
-            continue
-        if values[3] <= 0 or values[4] <= 0:
-            problems.append(f"{where}: box has zero width or height")
-            continue
-        rows.append(values)
+        kinds.setdefault(len(fields) > 6, no)
+        row, problem = _label_row(fields, where, n_classes, yaml_name)
+        if problem:
+            problems.append(problem)
+        else:
+            rows.append(row)
+    if len(kinds) == 2:
+        problems.append(f"{path}:{max(kinds.values())}: mixes box rows (5 values, from line {kinds[False]}) and "
+                        f"polygon rows (from line {kinds[True]}); use one format per file")
     return np.array(rows, np.float64).reshape(-1, 5), problems
 
 
@@ -239,6 +267,36 @@ def read_image(path: Path | str) -> np.ndarray:
     if img is None:
         raise InputError(f"{path}: cannot decode image (corrupt or unsupported format)")
     return img
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def defect_scale(samples: list[Sample], imgsz: int) -> dict:
+    """How big the labelled defects are as the detector sees them: each image fitted into ``imgsz`` x ``imgsz``
+    (the letterbox resize), each box's longer side in pixels. Percentiles ``p10`` / ``median`` (None without
+    defects) and ``defects``; ``suggested_imgsz``: the multiple of 32 at which the smallest tenth would reach
+    ``MIN_DEFECT_PX`` (at most the largest image side, never below ``imgsz``)."""
+    sides, largest = [], 0
+    for s in samples:
+        if not s.defective:
+            continue
+        w, h = image_size(s.image)
+        largest = max(largest, w, h)
+        r = imgsz / max(w, h)
+        sides += list(np.maximum(s.boxes[:, 3] * w, s.boxes[:, 4] * h) * r)
+    if not sides:
+        return {"defects": 0, "p10": None, "median": None, "imgsz": imgsz, "suggested_imgsz": imgsz}
+    p10 = float(np.quantile(sides, 0.1))
+    want = int(np.ceil(imgsz * MIN_DEFECT_PX / max(p10, 1e-6) / 32) * 32)
+    suggested = max(imgsz, min(want, int(np.ceil(largest / 32) * 32)))
+    return {"defects": len(sides), "p10": round(p10, 2), "median": round(float(np.median(sides)), 2),
+            "imgsz": imgsz, "suggested_imgsz": suggested}
 
 
 def fingerprint(ds: Dataset, splits: tuple[str, ...] = ("train", "val")) -> str:

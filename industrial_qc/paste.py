@@ -76,11 +76,18 @@ def paste_defects(img: np.ndarray, cls: np.ndarray, boxes: np.ndarray, rng: np.r
 def install(dataset, p: float, seed: int, stats: dict | None = None) -> None:
     """Wrap ``dataset.get_image_and_label`` (an Ultralytics YOLODataset used for training) so that with
     probability ``p`` an image with defects gets one copy of each (``paste_defects``). ``stats`` (optional)
-    counts ``paste_images`` and ``paste_defects`` as samples are drawn."""
+    counts ``paste_images`` and ``paste_defects`` as samples are drawn.
+
+    Polygon labels (Ultralytics' segment rows) are reduced to their boxes: with polygons present, Ultralytics'
+    mosaic and affine rebuild each sample's boxes from its polygons, and a pasted copy has a box but no polygon
+    (IndexError in ``Instances``). The boxes are the polygons' boxes already; they only come out looser after a
+    rotation or shear (``degrees``/``shear``, 0 in the default config)."""
     from ultralytics.utils.instance import Instances
 
     if p <= 0 or getattr(dataset, "_vsuite_paste", False):
         return
+    for lb in dataset.labels:
+        lb["segments"] = []
     rng = np.random.default_rng(seed)
     stats = {} if stats is None else stats
     original = dataset.get_image_and_label

@@ -79,3 +79,34 @@ def test_training_with_paste_copies_defects_into_the_samples(tmp_path, tiny_data
     assert res.epochs_run == 1
     assert res.metrics["paste_images"] > 0
     assert res.metrics["paste_defects"] >= res.metrics["paste_images"]
+
+
+def test_training_with_paste_on_polygon_labels(tmp_path, tiny_data):
+    """A dataset labelled with polygons (Ultralytics' segment rows) trains with ``detector.paste: 1.0``: the copies
+    get boxes, and no polygon is left without its box (Ultralytics' mosaic and affine would rebuild the boxes from
+    the polygons and drop the copies' labels, or fail on the mismatch)."""
+    import shutil
+
+    from industrial_qc.config import load_qc_config
+    from industrial_qc.detector import train_detector
+    from tests.industrial_qc.conftest import TINY_CONFIG
+
+    data = tmp_path / "poly"
+    shutil.copytree(tiny_data.parent, data)
+    yaml_text = (data / "data.yaml").read_text().replace(f"path: {tiny_data.parent}", f"path: {data}")
+    (data / "data.yaml").write_text(yaml_text)
+    rows = 0
+    for lbl in data.glob("labels/*/*.txt"):
+        out = []
+        for line in lbl.read_text().split("\n"):
+            if line.strip():
+                c, cx, cy, w, h = (float(v) for v in line.split())
+                diamond = [cx, cy - h / 2, cx + w / 2, cy, cx, cy + h / 2, cx - w / 2, cy]
+                out.append(" ".join([str(int(c))] + [f"{v:.6f}" for v in diamond]))
+                rows += 1
+        lbl.write_text("\n".join(out) + "\n" if out else "")
+    assert rows > 0
+    cfg = load_qc_config(TINY_CONFIG, ["detector.epochs=1", "detector.paste=1.0"]).detector
+    res = train_detector(cfg, data / "data.yaml", tmp_path / "work", threads=2)
+    assert res.epochs_run == 1
+    assert res.metrics["paste_defects"] >= res.metrics["paste_images"] > 0

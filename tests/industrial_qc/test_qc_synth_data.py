@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from common.errors import InputError
-from industrial_qc.data import label_path_for, load_dataset
+from industrial_qc.data import Sample, defect_scale, label_path_for, load_dataset
 from industrial_qc.synth import DEFECT_CLASSES, SynthConfig, split_counts, synthesize
 
 
@@ -118,6 +118,10 @@ def _first_label(yaml_path: Path, split: str = "train") -> Path:
         ("-1 0.5 0.5 0.1 0.1", "not a non-negative integer"),
         ("1 1.5 0.5 0.1 0.1", "coordinates outside [0, 1]: cx=1.5"),
         ("2 0.5 0.5 0.1 -0.2", "coordinates outside [0, 1]: h=-0.2"),
+        ("0 0.5 0.5 0.1 0.1 0.2", "expected 5 values"),
+        ("0 0.1 0.1 0.2 0.1 0.2 0.2 0.3", "a polygon row needs class and x y pairs (an odd count), got 8"),
+        ("1 0.1 0.1 0.2 0.1 1.2 0.2", "coordinates outside [0, 1]: point 3 (1.2, 0.2)"),
+        ("5 0.1 0.1 0.2 0.1 0.2 0.2", "class id 5 >= 4 classes"),
     ],
 )
 def test_bad_label_line_names_file_and_line(small_ds, line, expected):
@@ -130,6 +134,36 @@ def test_bad_label_line_names_file_and_line(small_ds, line, expected):
     msg = str(err.value)
     assert f"{lbl}:{n_lines + 1}: " in msg
     assert expected in msg
+
+
+def test_polygon_rows_become_the_box_around_their_points(small_ds):
+    """Ultralytics' segment rows (class x1 y1 x2 y2 ...) are read as the box around the polygon, as Ultralytics
+    reads them for detection; a file mixing box and polygon rows is refused, naming the file and line."""
+    lbl = _first_label(small_ds)
+    lbl.write_text("3 0.2 0.1 0.3 0.25 0.2 0.4 0.1 0.25\n1 0.6 0.6 0.7 0.6 0.65 0.7\n")
+    sample = next(s for s in load_dataset(small_ds).split("train") if s.label == lbl)
+    np.testing.assert_allclose(sample.boxes, [[3, 0.2, 0.25, 0.2, 0.3], [1, 0.65, 0.65, 0.1, 0.1]], atol=1e-9)
+    with open(lbl, "a") as f:
+        f.write("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(InputError, match=rf"{lbl}:3: mixes box rows .* and polygon rows \(from line 1\)"):
+        load_dataset(small_ds)
+
+
+def test_defect_scale_is_measured_at_the_detector_input(tmp_path):
+    """Box sides as the detector sees them (image fitted into imgsz), and the imgsz at which the smallest tenth
+    would reach 6 px, never above the largest image side."""
+    import cv2
+
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), np.zeros((200, 400), np.uint8))  # 400 x 200: fitted into 100 it is shrunk 4x
+    box = Sample(wide, wide, np.array([[0, 0.5, 0.5, 0.02, 0.01]]))  # 8 x 2 px -> 2 px long at imgsz 100
+    good = Sample(wide, None, np.zeros((0, 5)))
+    scale = defect_scale([box, good], 100)
+    assert scale == {"defects": 1, "p10": 2.0, "median": 2.0, "imgsz": 100, "suggested_imgsz": 320}
+    assert defect_scale([box], 400)["suggested_imgsz"] == 400  # 8 px already
+    tiny = Sample(wide, wide, np.array([[0, 0.5, 0.5, 0.002, 0.004]]))  # under a pixel even at full size
+    assert defect_scale([tiny], 100)["suggested_imgsz"] == 416  # capped at the image side (a multiple of 32)
+    assert defect_scale([good], 100)["p10"] is None
 
 
 def test_every_problem_is_reported(small_ds):
