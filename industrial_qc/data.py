@@ -270,11 +270,17 @@ def read_image(path: Path | str) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+    """(width, height) from the image header, without decoding the pixels; swapped when the EXIF orientation
+    turns the image a quarter (OpenCV and Ultralytics decode it upright)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return im.size
+        w, h = im.size
+        try:
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+        except Exception:  # a broken EXIF block: OpenCV ignores it too
+            turned = False
+    return (h, w) if turned else (w, h)
 
 
 def defect_scale(samples: list[Sample], imgsz: int) -> dict:

@@ -31,6 +31,7 @@ from industrial_qc.data import (
     Sample,
     defect_scale,
     fingerprint,
+    image_size,
     load_dataset,
     read_image,
     write_resolved_yaml,
@@ -100,8 +101,7 @@ def val_thresholds(vcfg: VerdictConfig, val: PartSample, train: PartSample | Non
 def _gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
     out = []
     for s in samples:
-        h, w = read_image(s.image).shape[:2]
-        out.append(s.boxes_xyxy(w, h))
+        out.append(s.boxes_xyxy(*image_size(s.image)))
     return out
 
 
@@ -313,7 +313,7 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     pipe = Pipeline(detector, classifier, th.fail, th.review, score=th.score)
     val_results = []
     for s, d, p in zip(val, val_dets, val_probs, strict=True):
-        h, w = read_image(s.image).shape[:2]
+        w, h = image_size(s.image)
         val_results.append({**pipe.result(d, p), "status": "ok", "height": h, "width": w})
     val_pipeline = pipeline_metrics(val_results, val, ds.names, vcfg.match_iou)
 

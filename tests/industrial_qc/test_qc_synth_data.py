@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from common.errors import InputError
-from industrial_qc.data import Sample, defect_scale, label_path_for, load_dataset
+from industrial_qc.data import Sample, defect_scale, image_size, label_path_for, load_dataset, read_image
 from industrial_qc.synth import DEFECT_CLASSES, SynthConfig, split_counts, synthesize
 
 
@@ -164,6 +164,22 @@ def test_defect_scale_is_measured_at_the_detector_input(tmp_path):
     tiny = Sample(wide, wide, np.array([[0, 0.5, 0.5, 0.002, 0.004]]))  # under a pixel even at full size
     assert defect_scale([tiny], 100)["suggested_imgsz"] == 416  # capped at the image side (a multiple of 32)
     assert defect_scale([good], 100)["p10"] is None
+
+
+def test_image_size_reads_the_header_as_opencv_decodes_the_image(tmp_path):
+    """A JPEG whose EXIF orientation turns it a quarter is decoded upright by OpenCV (and Ultralytics), so its
+    header size is swapped."""
+    from PIL import Image
+
+    im = Image.fromarray(np.zeros((40, 100, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    im.save(tmp_path / "plain.jpg")
+    for name in ("turned.jpg", "plain.jpg"):
+        h, w = read_image(tmp_path / name).shape[:2]
+        assert image_size(tmp_path / name) == (w, h)
+    assert image_size(tmp_path / "turned.jpg") == (40, 100)
 
 
 def test_every_problem_is_reported(small_ds):
