@@ -263,8 +263,9 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
     defect nobody boxed: it is skipped and listed, since exporting it as good would teach the model to miss it.
     Every ``val_every``-th exported image goes to val (at least one when there are two or more).
     """
-    import cv2
     import yaml
+
+    from industrial_qc.data import image_size
 
     out = YoloExport(Path(out_dir))
     _prepare_export_dir(out.out_dir)
@@ -294,11 +295,11 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
             else "train"
         w, h = p["width"], p["height"]
         if not w or not h:
-            img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
-            if img is None:
+            try:
+                w, h = image_size(src)  # the header, upright as the line decodes it (EXIF)
+            except OSError:
                 out.skipped.append(f"{p['file']}: unreadable image")
                 continue
-            h, w = img.shape[:2]
         stem = f"{i:05d}_{src.stem}"
         img_dir, lbl_dir = out.out_dir / "images" / split, out.out_dir / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,10 @@ def read_image(path: Path) -> np.ndarray:
     """BGR uint8 (H, W, 3); InputError naming the file when it is missing or cannot be decoded."""
     if not path.is_file():
         raise InputError(f"{path}: image not found")
+    from industrial_qc.data import decode_image  # cv2 + numpy: the line's decoding (16-bit and float stretched)
+
     data = np.fromfile(str(path), np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    img = decode_image(data) if data.size else None
     if img is None:
         raise InputError(f"{path}: cannot decode image (corrupt, empty or not an image)")
     return img

@@ -251,22 +251,56 @@ def _readable(path: Path) -> bool:
             return False
     except OSError:
         return False
-    img = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_4)
-    return img is not None and img.size > 0
+    img = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_4 | cv2.IMREAD_ANYDEPTH)  # a quarter: quick
+    if img is not None and img.size > 0:
+        return True
+    try:  # what the reduced read cannot take (32-bit TIFF samples), decoded in full as the line will
+        return decode_image(np.fromfile(str(path), dtype=np.uint8)) is not None
+    except OSError:
+        return False
 
 
 def read_image(path: Path | str) -> np.ndarray:
-    """BGR uint8 (H, W, 3); InputError naming the file when it cannot be decoded (grayscale is expanded)."""
+    """BGR uint8 (H, W, 3); InputError naming the file when it cannot be decoded (see ``decode_image``)."""
     path = Path(path)
     buf = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
     if buf is None:
         raise InputError(f"{path}: file not found")
     if buf.size == 0:
         raise InputError(f"{path}: empty file")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    img = decode_image(buf)
     if img is None:
         raise InputError(f"{path}: cannot decode image (corrupt or unsupported format)")
     return img
+
+
+def decode_image(buf: np.ndarray) -> np.ndarray | None:
+    """Encoded bytes -> BGR uint8 (H, W, 3), turned upright by its EXIF orientation; None if undecodable.
+
+    Grayscale is expanded and alpha dropped. A 16-bit or float image (a 12- or 16-bit line camera, a float TIFF)
+    is mapped linearly from its 0.01st-99.99th percentile to 0-255. OpenCV's default (and Ultralytics') keeps
+    the high byte instead, which leaves a 12-bit image 16 grey levels and a faint defect none; a float TIFF it
+    does not decode at all. Both stages look at each image only up to a linear map (the detector's flat-field,
+    the classifier's per-crop standardisation), so the stretch costs them nothing."""
+    # native channels and depth (IMREAD_COLOR alone cannot read a 1-channel float TIFF), EXIF orientation applied
+    img = cv2.imdecode(buf, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if img is None or img.size == 0:
+        return None
+    if img.ndim == 3 and img.shape[2] in (2, 4):  # gray + alpha, BGR + alpha
+        img = img[..., :1] if img.shape[2] == 2 else img[..., :3]
+    if img.dtype != np.uint8:
+        img = _stretch_to_uint8(img)
+    if img.ndim == 2 or img.shape[2] == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(img)
+
+
+def _stretch_to_uint8(img: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(img.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    step_y, step_x = max(1, x.shape[0] // 512), max(1, x.shape[1] // 512)  # the percentiles from <= 512^2 pixels
+    lo, hi = np.percentile(x[::step_y, ::step_x], [0.01, 99.99])
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip((x - lo) * scale + 0.5, 0, 255).astype(np.uint8)
 
 
 def image_size(path: Path) -> tuple[int, int]:
