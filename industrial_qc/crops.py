@@ -139,12 +139,15 @@ def defect_free(boxes: np.ndarray, gt: np.ndarray, margin: float = 0.25) -> np.n
 def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt: np.ndarray, n: int,
                             rel_sizes: np.ndarray, tries: int = 20) -> np.ndarray:
     """Up to ``n`` xyxy boxes that touch no ground-truth box; sides drawn from ``rel_sizes`` (fractions of the
-    shorter image side, taken from the defects) so background crops look like defect crops in scale."""
+    shorter image side, taken from the defects) so background crops look like defect crops in scale. Every
+    ``tries // 4`` misses the side is halved: where large defects leave no room for a window of their size,
+    smaller clean windows still teach the classifier the surface."""
     out = []
     short = min(img_w, img_h)
     for _ in range(n):
-        for _ in range(tries):
+        for t in range(tries):
             side = float(rng.choice(rel_sizes)) * short if len(rel_sizes) else 0.05 * short
+            side *= 0.5 ** (t // max(1, tries // 4))
             side = float(np.clip(side * rng.uniform(0.7, 1.4), 2.0, short * 0.9))
             aspect = rng.uniform(0.5, 2.0)
             w, h = side * min(1.0, aspect), side * min(1.0, 1 / aspect)

@@ -42,6 +42,7 @@ from industrial_qc.verdict import PartSample, Thresholds, candidate_scores, choo
 
 # Seconds kept back from the budget for ONNX export, hard-negative mining, thresholds and plots.
 MIN_RESERVE_S = 15.0
+MIN_BACKGROUND_SHARE = 0.25  # background crops per defect crop below which training warns (usually ~1)
 CALIBRATION_IMAGES = 64  # training images whose crops set the int8 activation ranges
 # The int8 classifier replaces fp32 on the line only if, over the val candidates, its defect probability moves by
 # at most INT8_MEAN_DIFF on average and by more than 0.1 on at most INT8_BIG_DIFF_SHARE of them.
@@ -180,6 +181,18 @@ def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Samp
     return train_set, val_set
 
 
+def background_warning(counts: list[int]) -> str | None:
+    """What to tell the user when stage 2 has few background crops (``counts``: crops per class, background
+    first), else None."""
+    bg, defects = counts[0], sum(counts[1:])
+    if bg >= MIN_BACKGROUND_SHARE * defects:
+        return None
+    return (f"{bg} background crops for {defects} defect crops: the classifier sees little clean surface to tell "
+            "false alarms from defects. Clean windows keep clear of every labelled defect (grown by a quarter of "
+            "its size), and large defects leave little room; good parts in train (images without a label file) "
+            "give it clean surface.")
+
+
 def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
               console: Console | None = None) -> TrainOutcome:
     """Train stage 1 and stage 2 on ``data_yaml`` into run directory ``out`` and return run.json's content."""
@@ -246,8 +259,11 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
         console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
                       "candidates")
         train_set, val_set = stage2_crop_sets(ccfg, train, val, train_dets, val_dets, cfg.seed)
+    counts = train_set.counts(len(labels))
     console.print(f"[bold]stage 2[/] classifier {ccfg.arch}: {len(train_set)} train crops "
-                  f"{dict(zip(labels, train_set.counts(len(labels)), strict=True))}, {len(val_set)} val crops")
+                  f"{dict(zip(labels, counts, strict=True))}, {len(val_set)} val crops")
+    if warning := background_warning(counts):
+        console.print(f"[yellow]warning: {warning}[/]")
 
     # ---- stage 2
     from industrial_qc.classifier import export_classifier, train_classifier

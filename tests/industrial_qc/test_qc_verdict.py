@@ -13,6 +13,8 @@ from industrial_qc.crops import (
     defect_free,
     hard_negative_boxes,
     matched_proposal_boxes,
+    overlaps_any,
+    random_background_boxes,
     square_regions,
 )
 from industrial_qc.pipeline import Detections, class_index, decode, defect_class_probs, letterbox, nms
@@ -221,6 +223,28 @@ def test_hard_negatives_never_touch_a_defect():
     hn = hard_negative_boxes(dets, scores, gt, k=2)
     np.testing.assert_array_equal(hn, dets[[3, 2]])  # the two best clean ones, best first
     assert len(hard_negative_boxes(dets, scores, np.zeros((0, 4), np.float32), k=10)) == 5
+
+
+def test_background_windows_shrink_to_fit_around_a_large_defect():
+    """A defect half the part wide (grown by its 25 % margin, 80 % of the part) leaves no room for a clean
+    window of its own size; smaller ones still fit, and none touches the grown defect. Small defects keep
+    windows of their scale."""
+    gt = np.array([[80, 80, 240, 240]], np.float32)
+    wins = random_background_boxes(np.random.default_rng(0), 320, 320, gt, 50, np.array([0.5]))
+    assert len(wins) >= 40
+    assert not any(overlaps_any(w, gt, margin=0.25) for w in wins)
+    small = np.array([[150, 150, 182, 182]], np.float32)
+    wins = random_background_boxes(np.random.default_rng(0), 320, 320, small, 50, np.array([0.1]))
+    assert len(wins) == 50 and np.median(np.maximum(wins[:, 2] - wins[:, 0], wins[:, 3] - wins[:, 1])) > 20
+
+
+def test_training_warns_when_background_crops_are_few():
+    from industrial_qc.train import background_warning
+
+    assert background_warning([900, 300, 300, 300]) is None
+    assert background_warning([200, 300, 300, 200]) is None  # a quarter of the defect crops
+    said = background_warning([0, 9, 6, 7, 11])
+    assert said.startswith("0 background crops for 33 defect crops") and "good parts" in said
 
 
 def test_matched_proposals_take_the_class_of_the_defect_they_frame():
