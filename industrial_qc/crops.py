@@ -12,6 +12,7 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKGROUND_GAP = 0.05  # most a random background window keeps away from a defect, fraction of the shorter side
 
 
 def square_regions(boxes: np.ndarray, img_w: int, img_h: int, context: float, min_crop: float) -> np.ndarray:
@@ -116,16 +117,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- crop sets
-def overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float = 0.0) -> bool:
-    """Whether ``box`` (x1, y1, x2, y2) overlaps any of ``gt`` (K, 4), each grown by ``margin`` of its size."""
+def overlaps_any(box: np.ndarray, gt: np.ndarray, margin: float = 0.0, max_grow: float | None = None) -> bool:
+    """Whether ``box`` (x1, y1, x2, y2) overlaps any of ``gt`` (K, 4), each grown by ``margin`` of its width and
+    height (by at most ``max_grow`` pixels each way, if given)."""
     if len(gt) == 0:
         return False
     g = np.asarray(gt, np.float32).copy()
-    gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
-    g[:, 0] -= margin * gw
-    g[:, 1] -= margin * gh
-    g[:, 2] += margin * gw
-    g[:, 3] += margin * gh
+    gx, gy = margin * (g[:, 2] - g[:, 0]), margin * (g[:, 3] - g[:, 1])
+    if max_grow is not None:
+        gx, gy = np.minimum(gx, max_grow), np.minimum(gy, max_grow)
+    g[:, 0] -= gx
+    g[:, 1] -= gy
+    g[:, 2] += gx
+    g[:, 3] += gy
     ix = np.minimum(box[2], g[:, 2]) - np.maximum(box[0], g[:, 0])
     iy = np.minimum(box[3], g[:, 3]) - np.maximum(box[1], g[:, 1])
     return bool(((ix > 0) & (iy > 0)).any())
@@ -138,10 +142,11 @@ def defect_free(boxes: np.ndarray, gt: np.ndarray, margin: float = 0.25) -> np.n
 
 def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt: np.ndarray, n: int,
                             rel_sizes: np.ndarray, tries: int = 20) -> np.ndarray:
-    """Up to ``n`` xyxy boxes that touch no ground-truth box; sides drawn from ``rel_sizes`` (fractions of the
-    shorter image side, taken from the defects) so background crops look like defect crops in scale. Every
-    ``tries // 4`` misses the side is halved: where large defects leave no room for a window of their size,
-    smaller clean windows still teach the classifier the surface."""
+    """Up to ``n`` xyxy boxes that touch no ground-truth box grown by 25 % of its size (at most ``BACKGROUND_GAP``
+    of the shorter image side); sides drawn from ``rel_sizes`` (fractions of the shorter image side, taken from
+    the defects) so background crops look like defect crops in scale. Every ``tries // 4`` misses the side is
+    halved. Both let large defects leave room: a defect 80 % of the part wide, grown by a quarter, would cover
+    the whole part, and none of the classifier's clean surface would come from such parts."""
     out = []
     short = min(img_w, img_h)
     for _ in range(n):
@@ -153,7 +158,7 @@ def random_background_boxes(rng: np.random.Generator, img_w: int, img_h: int, gt
             w, h = side * min(1.0, aspect), side * min(1.0, 1 / aspect)
             x1, y1 = rng.uniform(0, img_w - w), rng.uniform(0, img_h - h)
             box = np.array([x1, y1, x1 + w, y1 + h], np.float32)
-            if not overlaps_any(box, gt, margin=0.25):
+            if not overlaps_any(box, gt, margin=0.25, max_grow=BACKGROUND_GAP * short):
                 out.append(box)
                 break
     return np.array(out, np.float32).reshape(-1, 4)

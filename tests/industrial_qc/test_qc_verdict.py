@@ -225,14 +225,17 @@ def test_hard_negatives_never_touch_a_defect():
     assert len(hard_negative_boxes(dets, scores, np.zeros((0, 4), np.float32), k=10)) == 5
 
 
-def test_background_windows_shrink_to_fit_around_a_large_defect():
-    """A defect half the part wide (grown by its 25 % margin, 80 % of the part) leaves no room for a clean
-    window of its own size; smaller ones still fit, and none touches the grown defect. Small defects keep
-    windows of their scale."""
-    gt = np.array([[80, 80, 240, 240]], np.float32)
-    wins = random_background_boxes(np.random.default_rng(0), 320, 320, gt, 50, np.array([0.5]))
+def test_background_windows_fit_around_a_large_defect():
+    """A defect 60 % of the part wide, grown by 25 % of its size, would cover 90 % of the part: its margin is
+    capped at 5 % of the part (16 px) and the windows shrink until they fit, so such parts still give clean
+    surface (0 of 50 windows before). None comes within 16 px of the defect. Small defects keep windows of their
+    scale."""
+    gt = np.array([[64, 64, 256, 256]], np.float32)
+    wins = random_background_boxes(np.random.default_rng(0), 320, 320, gt, 50, np.array([0.6]))
     assert len(wins) >= 40
-    assert not any(overlaps_any(w, gt, margin=0.25) for w in wins)
+    assert not any(overlaps_any(w, gt, margin=0.25, max_grow=16.0) for w in wins)
+    assert overlaps_any(np.array([40, 40, 50, 50]), gt, margin=0.25)  # ... which the uncapped margin forbids
+    assert not overlaps_any(np.array([40, 40, 47, 47]), gt, margin=0.25, max_grow=16.0)
     small = np.array([[150, 150, 182, 182]], np.float32)
     wins = random_background_boxes(np.random.default_rng(0), 320, 320, small, 50, np.array([0.1]))
     assert len(wins) == 50 and np.median(np.maximum(wins[:, 2] - wins[:, 0], wins[:, 3] - wins[:, 1])) > 20
