@@ -167,7 +167,8 @@ def _label_row(fields: list[str], where: str, n_classes: int, yaml_name: str) ->
 
 def parse_label_file(path: Path, n_classes: int, yaml_name: str = "data.yaml") -> tuple[np.ndarray, list[str]]:
     """Boxes (K, 5) from a YOLO txt file and the problems found, each ``file:line: what``. Box rows and polygon
-    rows are both read; a file that mixes them is refused, as Ultralytics refuses it."""
+    rows are both read; a file that mixes them is refused, as Ultralytics refuses it. A row repeated exactly
+    counts once, as Ultralytics counts it (else the pipeline's recall would miss the twin of every match)."""
     problems: list[str] = []
     rows: list[list[float]] = []
     try:
@@ -175,6 +176,7 @@ def parse_label_file(path: Path, n_classes: int, yaml_name: str = "data.yaml") -
     except (OSError, UnicodeDecodeError) as exc:
         return np.zeros((0, 5)), [f"{path}: unreadable label file ({exc})"]
     kinds: dict[bool, int] = {}  # polygon row? -> first line number of that kind
+    seen: set[bytes] = set()
     for no, raw in enumerate(text.splitlines(), start=1):
         fields = raw.split()
         if not fields:
@@ -184,7 +186,11 @@ def parse_label_file(path: Path, n_classes: int, yaml_name: str = "data.yaml") -
         row, problem = _label_row(fields, where, n_classes, yaml_name)
         if problem:
             problems.append(problem)
-        else:
+            continue
+        # a repeated row is one defect, as Ultralytics reads it (distinct polygons may share a box)
+        key = np.array([float(v) for v in fields], np.float32).tobytes()
+        if key not in seen:
+            seen.add(key)
             rows.append(row)
     if len(kinds) == 2:
         problems.append(f"{path}:{max(kinds.values())}: mixes box rows (5 values, from line {kinds[False]}) and "

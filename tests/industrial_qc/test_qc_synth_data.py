@@ -234,6 +234,18 @@ def test_a_float_tiff_dataset_validates(small_ds):
         load_dataset(small_ds)
 
 
+def test_a_repeated_label_row_is_one_defect(small_ds):
+    """As Ultralytics reads it: an exact repeat (box or polygon row) counts once; distinct polygons with the same
+    box both count."""
+    lbl = _first_label(small_ds)
+    lbl.write_text("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n0 0.50 0.5 0.1 0.1\n")
+    sample = next(s for s in load_dataset(small_ds).split("train") if s.label == lbl)
+    np.testing.assert_array_equal(sample.boxes[:, 0], [0, 1])
+    lbl.write_text("2 0.1 0.1 0.3 0.1 0.3 0.3\n2 0.1 0.1 0.3 0.1 0.3 0.3\n2 0.1 0.1 0.3 0.3 0.1 0.3\n")
+    sample = next(s for s in load_dataset(small_ds).split("train") if s.label == lbl)
+    assert len(sample.boxes) == 2
+
+
 def test_every_problem_is_reported(small_ds):
     labels = sorted((small_ds.parent / "labels" / "train").glob("*.txt"))[:2]
     for lbl in labels:
