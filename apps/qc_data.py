@@ -297,7 +297,7 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
         if not w or not h:
             try:
                 w, h = image_size(src)  # the header, upright as the line decodes it (EXIF)
-            except OSError:
+            except InputError:
                 out.skipped.append(f"{p['file']}: unreadable image")
                 continue
         stem = f"{i:05d}_{src.stem}"

@@ -311,15 +311,20 @@ def _stretch_to_uint8(img: np.ndarray) -> np.ndarray:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels; swapped when the EXIF orientation
-    turns the image a quarter (OpenCV and Ultralytics decode it upright)."""
+    turns the image a quarter (OpenCV and Ultralytics decode it upright). What Pillow cannot open is decoded
+    (``read_image``: InputError naming the file if that fails too)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        w, h = im.size
-        try:
-            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
-        except Exception:  # a broken EXIF block: OpenCV ignores it too
-            turned = False
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            try:
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+            except Exception:  # a broken EXIF block: OpenCV ignores it too
+                turned = False
+    except Exception:  # a format or size Pillow refuses (its decompression-bomb limit), not OpenCV
+        h, w = read_image(path).shape[:2]
+        return w, h
     return (h, w) if turned else (w, h)
 
 

@@ -86,6 +86,31 @@ def test_qc_records_tolerate_missing_fields_and_csv_nesting(tmp_path):
     assert (k["parts"], k["errors"], k["fail_rate"], k["reviewed"]) == (2, 1, 0.5, 1)
 
 
+def test_yolo_export_sizes_boxes_from_the_upright_image_and_skips_an_unreadable_one(tmp_path):
+    """A record without width/height (an older line, a CSV): the export reads the size from the image header,
+    turned upright by its EXIF orientation as the line decoded it; a file that no longer decodes is listed as
+    skipped, not exported."""
+    from PIL import Image
+
+    from apps.qc_review import read_image  # the app's own decoding
+
+    im = Image.fromarray(np.zeros((40, 100, 3), np.uint8))  # stored 100 wide, shown 40 wide x 100 high
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert read_image(tmp_path / "turned.jpg").shape == (100, 40, 3)
+    review = {"decision": "FAIL", "details": {"defects": [{"action": "confirm", "label": "scratch",
+                                                           "box": [10.0, 50.0, 30.0, 70.0]}]}}
+    parts = [{"item": name, "file": str(tmp_path / name), "status": "ok", "width": None, "height": None}
+             for name in ("turned.jpg", "broken.png")]
+    res = qc_data.export_yolo(parts, {p["item"]: review for p in parts}, ["background", "scratch"],
+                              tmp_path / "export")
+    assert res.images == 1 and res.skipped == [f"{tmp_path / 'broken.png'}: unreadable image"]
+    label = next((tmp_path / "export" / "labels").rglob("*.txt")).read_text().split()
+    np.testing.assert_allclose([float(v) for v in label[1:]], [20 / 40, 60 / 100, 20 / 40, 20 / 100], atol=1e-6)
+
+
 def test_fail_rate_per_class_over_time_and_measured_rates():
     t = pd.Timestamp("2026-01-05T08:00:00Z")
     df = pd.DataFrame({
