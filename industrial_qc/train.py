@@ -189,8 +189,8 @@ def background_warning(counts: list[int]) -> str | None:
         return None
     return (f"{bg} background crops for {defects} defect crops: the classifier sees little clean surface to tell "
             "false alarms from defects. Clean windows keep clear of every labelled defect (grown by a quarter of "
-            "its size), and large defects leave little room; good parts in train (images without a label file) "
-            "give it clean surface.")
+            "its size, at most 5 % of the part), and large defects leave little room; good parts in train "
+            "(images without a label file) give it clean surface.")
 
 
 def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
