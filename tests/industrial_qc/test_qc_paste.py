@@ -94,6 +94,7 @@ def test_training_with_paste_on_polygon_labels(tmp_path, tiny_data):
     data = tmp_path / "poly"
     shutil.copytree(tiny_data.parent, data)
     yaml_text = (data / "data.yaml").read_text().replace(f"path: {tiny_data.parent}", f"path: {data}")
+    assert f"path: {data}" in yaml_text  # the copy's own labels are read, not the original boxes
     (data / "data.yaml").write_text(yaml_text)
     rows = 0
     for lbl in data.glob("labels/*/*.txt"):
