@@ -189,7 +189,7 @@ def parse_label_file(path: Path, n_classes: int, yaml_name: str = "data.yaml") -
             problems.append(problem)
             continue
         # a repeated row is one defect, as Ultralytics reads it (distinct polygons may share a box)
-        key = np.array([float(v) for v in fields], np.float32).tobytes()
+        key = np.array(fields, np.float32).tobytes()  # validated numbers; float32, as Ultralytics compares
         if key not in seen:
             seen.add(key)
             rows.append(row)
@@ -353,6 +353,19 @@ def defect_scale(samples: list[Sample], imgsz: int) -> dict:
     suggested = max(imgsz, min(want, int(np.ceil(largest / 32) * 32)))
     return {"defects": len(sides), "p10": round(p10, 2), "median": round(float(np.median(sides)), 2),
             "imgsz": imgsz, "suggested_imgsz": suggested}
+
+
+def small_defect_warning(scale: dict) -> str | None:
+    """What to tell the user when a tenth of the train defects are under ``MIN_DEFECT_PX`` at the detector's input
+    (``scale``: from ``defect_scale``), else None."""
+    if scale["p10"] is None or scale["p10"] >= MIN_DEFECT_PX:
+        return None
+    said = (f"a tenth of the train defects are under {scale['p10']:.1f} px (longer side) at detector.imgsz "
+            f"{scale['imgsz']}, where the detector's finest grid is 8 px: such small defects are easily missed. ")
+    if scale["suggested_imgsz"] <= scale["imgsz"]:
+        return said + "The images are no larger than that."
+    return (said + f"--set detector.imgsz={scale['suggested_imgsz']} shows them larger, at about "
+            f"{(scale['suggested_imgsz'] / scale['imgsz']) ** 2:.1f}x the time per epoch.")
 
 
 def fingerprint(ds: Dataset, splits: tuple[str, ...] = ("train", "val")) -> str:

@@ -27,13 +27,13 @@ from industrial_qc.config import ClassifierConfig, QCConfig, VerdictConfig
 from industrial_qc.crops import defect_free
 from industrial_qc.cropset import TRAIN_MARGIN, CropSet, build_crop_set, defect_rel_sizes
 from industrial_qc.data import (
-    MIN_DEFECT_PX,
     Sample,
     defect_scale,
     fingerprint,
     image_size,
     load_dataset,
     read_image,
+    small_defect_warning,
     write_resolved_yaml,
 )
 from industrial_qc.evaluate import pipeline_metrics
@@ -217,13 +217,8 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     snapshot = config_snapshot(cfg)
     console.print(f"[bold]data[/] {data_yaml}: {ds.summary()}")
     scale = defect_scale(train, cfg.detector.imgsz)
-    if scale["p10"] is not None and scale["p10"] < MIN_DEFECT_PX:
-        console.print(f"[yellow]warning: a tenth of the train defects are under {scale['p10']:.1f} px (longer side) "
-                      f"at detector.imgsz {scale['imgsz']}, where the detector's finest grid is 8 px: such small "
-                      f"defects are easily missed. "
-                      + (f"--set detector.imgsz={scale['suggested_imgsz']} shows them larger, at about "
-                         f"{(scale['suggested_imgsz'] / scale['imgsz']) ** 2:.1f}x the time per epoch.[/]"
-                         if scale["suggested_imgsz"] > scale["imgsz"] else "The images are no larger than that.[/]"))
+    if warning := small_defect_warning(scale):
+        console.print(f"[yellow]warning: {warning}[/]")
 
     # ---- stage 1
     from industrial_qc.detector import choose_conf, export_detector, train_detector

@@ -19,6 +19,7 @@ from industrial_qc.data import (
     label_path_for,
     load_dataset,
     read_image,
+    small_defect_warning,
 )
 from industrial_qc.synth import DEFECT_CLASSES, SynthConfig, split_counts, synthesize
 
@@ -172,6 +173,10 @@ def test_defect_scale_is_measured_at_the_detector_input(tmp_path):
     tiny = Sample(wide, wide, np.array([[0, 0.5, 0.5, 0.002, 0.004]]))  # under a pixel even at full size
     assert defect_scale([tiny], 100)["suggested_imgsz"] == 416  # capped at the image side (a multiple of 32)
     assert defect_scale([good], 100)["p10"] is None
+    assert small_defect_warning(defect_scale([good], 100)) is None
+    assert small_defect_warning(defect_scale([box], 400)) is None  # 8 px
+    assert "--set detector.imgsz=320" in small_defect_warning(scale)
+    assert small_defect_warning(defect_scale([tiny], 416)).endswith("The images are no larger than that.")
 
 
 def test_image_size_reads_the_header_as_opencv_decodes_the_image(tmp_path):
