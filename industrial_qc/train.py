@@ -24,7 +24,7 @@ from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
 from industrial_qc.config import ClassifierConfig, QCConfig, VerdictConfig
-from industrial_qc.crops import defect_free
+from industrial_qc.crops import BACKGROUND_GAP, defect_free
 from industrial_qc.cropset import TRAIN_MARGIN, CropSet, build_crop_set, defect_rel_sizes
 from industrial_qc.data import (
     Sample,
@@ -189,8 +189,8 @@ def background_warning(counts: list[int]) -> str | None:
         return None
     return (f"{bg} background crops for {defects} defect crops: the classifier sees little clean surface to tell "
             "false alarms from defects. Clean windows keep clear of every labelled defect (grown by a quarter of "
-            "its size, at most 5 % of the part), and large defects leave little room; good parts in train "
-            "(images without a label file) give it clean surface.")
+            f"its size, at most {BACKGROUND_GAP * 100:g} % of the part), and large defects leave little room; good "
+            "parts in train (images without a label file) give it clean surface.")
 
 
 def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
