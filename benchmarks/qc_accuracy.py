@@ -194,7 +194,8 @@ def main() -> None:
     for k in rows:
         table.add_row(k, f(TARGETS.get(k)), f(suite.get(k)), f(peer.get(k)) if peer else "-")
     console.print(table)
-    report = {"data": {"counts": rep.counts, "size": size, "seed": args.seed}, "minutes": minutes, "quick": args.quick,
+    report = {"data": {"counts": rep.counts, "size": size, "seed": args.seed,
+                       "axis_scratches": SynthConfig().axis_scratches}, "minutes": minutes, "quick": args.quick,
               "targets": TARGETS, "suite": suite, "peer": peer}
     out = args.out or work / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def synth(
     val_frac: float = typer.Option(1 / 7, "--val-frac", help="Share of images in val."),
     test_frac: float = typer.Option(2 / 7, "--test-frac", help="Share of images in test (0 = no test split)."),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
+    axis_scratches: float = typer.Option(0.3, "--axis-scratches", min=0.0, max=1.0,
+                                         help="Share of scratches along an image axis (machining marks)."),
 ) -> None:
     """Write a synthetic Ultralytics defect dataset: textured parts with scratches, pits, stains and cracks."""
     from rich.table import Table
@@ -45,7 +47,7 @@ def synth(
         raise InputError(f"--format {image_format!r}: expected jpg or png")
     console = _console()
     cfg = SynthConfig(images=images, size=size, seed=seed, val_frac=val_frac, test_frac=test_frac,
-                      image_format=image_format)  # type: ignore[arg-type]
+                      image_format=image_format, axis_scratches=axis_scratches)  # type: ignore[arg-type]
     try:
         from industrial_qc.synth import split_counts
 

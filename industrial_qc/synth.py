@@ -1,8 +1,9 @@
 """Synthetic defect dataset in Ultralytics detection format, for the demo, the tests and the benchmarks.
 
 Surfaces: brushed metal, cast metal, woven fabric, each under varied lighting, gamma, tint and sensor noise.
-Defects: ``scratch`` (thin bright/dark curve), ``pit`` (small dark dent with a lit rim), ``stain`` (soft
-irregular tinted blob) and ``crack`` (dark jagged branching line). Sizes go down to ~2.5 % of the image
+Defects: ``scratch`` (thin bright/dark curve; ``axis_scratches`` of them run along an image axis, as machining
+marks do on a fixtured part), ``pit`` (small dark dent with a lit rim), ``stain`` (soft irregular tinted blob)
+and ``crack`` (dark jagged branching line). Sizes go down to ~2.5 % of the image
 side and contrast down to ~5 % of the intensity range, like faint defects on real parts, but never below what
 an inspector could see on that surface (``defect_visibility``: a matched-filter SNR against the surface and the
 part's sensor noise, and the contrast of the defect's core against the texture at its own scale). About a
@@ -42,6 +43,9 @@ class SynthConfig:
     min_snr: float = 6.0  # visibility floor (defect_visibility): matched-filter signal / (surface clutter + noise)
     min_core_cnr: float = 2.0  # ... and the mean change over its core / (texture at its scale + noise), per pixel
     max_defects: int = 3
+    # share of scratches drawn along an image axis (+-1 deg), as machining, handling and conveyor marks run on a
+    # fixtured part; the rest take any angle
+    axis_scratches: float = 0.3
 
 
 @dataclass
@@ -127,9 +131,11 @@ def _line_width(s: int, rng: np.random.Generator) -> int:
     return max(1, round(rng.uniform(0.7, 1.8) * s / 320))
 
 
-def _draw_scratch(rng: np.random.Generator, s: int, mask: np.ndarray) -> None:
+def _draw_scratch(rng: np.random.Generator, s: int, mask: np.ndarray, axis_share: float = 0.0) -> None:
     length = rng.uniform(0.08, 0.35) * s
     ang = rng.uniform(0, np.pi)
+    if rng.random() < axis_share:  # along the part's machining axes, which a fixtured part aligns with the image
+        ang = rng.choice([0.0, np.pi / 2]) + np.deg2rad(rng.uniform(-1.0, 1.0))
     c = rng.uniform(0.15, 0.85, size=2) * s
     d = np.array([math.cos(ang), math.sin(ang)]) * length / 2
     bend = rng.normal(0, 0.12) * length * np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-6)
@@ -279,7 +285,7 @@ def _draw_defect(img_size: int, cls: str, rng: np.random.Generator, cfg: SynthCo
     s = img_size
     mask = np.zeros((s, s), np.float32)
     rim = np.zeros((s, s), np.float32)
-    {"scratch": lambda: _draw_scratch(rng, s, mask), "crack": lambda: _draw_crack(rng, s, mask),
+    {"scratch": lambda: _draw_scratch(rng, s, mask, cfg.axis_scratches), "crack": lambda: _draw_crack(rng, s, mask),
      "pit": lambda: _draw_pit(rng, s, mask, rim), "stain": lambda: _draw_stain(rng, s, mask)}[cls]()
     box = _box_from_mask(mask, s)
     if box is None:

@@ -61,6 +61,31 @@ def test_synth_layout_loads_and_has_good_parts(tmp_path):
     assert boxes[:, 3:].max(axis=1).min() < 0.05  # small defects exist (down to a few % of the side)
 
 
+def _axis_aligned_share(cfg: SynthConfig, n: int = 300) -> float:
+    """Share of ``n`` drawn scratches whose long axis (from the mask's second moments) is within 2 deg of an
+    image axis."""
+    from industrial_qc.synth import _draw_scratch
+
+    near = 0
+    for i in range(n):
+        mask = np.zeros((160, 160), np.float32)
+        _draw_scratch(np.random.default_rng([5, i]), 160, mask, cfg.axis_scratches)
+        ys, xs = np.nonzero(mask > 0.3)
+        cov = np.cov(np.stack([xs, ys]).astype(np.float64), aweights=mask[ys, xs])
+        ang = np.degrees(0.5 * np.arctan2(2 * cov[0, 1], cov[0, 0] - cov[1, 1])) % 90
+        near += min(ang, 90 - ang) <= 2.0
+    return near / n
+
+
+def test_a_share_of_scratches_runs_along_an_image_axis():
+    """Machining marks run along a fixtured part's axes: the default set draws a share of its scratches there
+    (a detector learns that orientation only from examples of it); uniform angles put few of them there."""
+    assert SynthConfig().axis_scratches == 0.3
+    assert 0.22 <= _axis_aligned_share(SynthConfig()) <= 0.45  # 0.3 + 0.7 * 4 / 180 of the uniform rest
+    assert _axis_aligned_share(SynthConfig(axis_scratches=1.0)) >= 0.95
+    assert _axis_aligned_share(SynthConfig(axis_scratches=0.0)) <= 0.1  # uniform: ~ 4 / 180
+
+
 @pytest.mark.parametrize("cls", DEFECT_CLASSES)
 @pytest.mark.parametrize("surface", ["brushed_metal", "woven_fabric"])
 def test_faint_defects_are_raised_to_the_visibility_floor(cls, surface):
