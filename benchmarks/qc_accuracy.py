@@ -168,8 +168,8 @@ def main() -> None:
         n, size, minutes = args.images, args.size, args.minutes
     console = Console()
     work = args.workdir
-    rep = synthesize_shown(work / "data", SynthConfig(images=n, size=size, seed=args.seed, val_frac=1 / 7,
-                                                      test_frac=2 / 7), console)
+    data_cfg = SynthConfig(images=n, size=size, seed=args.seed, val_frac=1 / 7, test_frac=2 / 7)
+    rep = synthesize_shown(work / "data", data_cfg, console)
     console.print(f"data: {rep.counts} at {size} px; budget {minutes:g} min per side")
     heldout = None
     if args.heldout_images > 0:
@@ -195,7 +195,7 @@ def main() -> None:
         table.add_row(k, f(TARGETS.get(k)), f(suite.get(k)), f(peer.get(k)) if peer else "-")
     console.print(table)
     report = {"data": {"counts": rep.counts, "size": size, "seed": args.seed,
-                       "axis_scratches": SynthConfig().axis_scratches}, "minutes": minutes, "quick": args.quick,
+                       "axis_scratches": data_cfg.axis_scratches}, "minutes": minutes, "quick": args.quick,
               "targets": TARGETS, "suite": suite, "peer": peer}
     out = args.out or work / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
