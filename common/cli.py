@@ -15,10 +15,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common import __version__
 from common.errors import InputError
+from common.results import display_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -123,12 +125,12 @@ def print_score_summary(records: list[dict], out: Path, seconds: float) -> None:
     table.add_row("total", str(len(records)))
     console.print(table)
     for r in errors[:10]:
-        source, reason = str(r.get("source")), str(r.get("reason"))
+        source, reason = display_text(r.get("source")), display_text(r.get("reason"))
         # Reasons from InputError already start with the file they are about.
-        console.print(f"[red]error[/] {reason if reason.startswith(source) else f'{source}: {reason}'}",
-                      highlight=False)
+        text = reason if reason.startswith(source) else f"{source}: {reason}"
+        console.print(f"[red]error[/] {escape(text)}", highlight=False)
     rate = len(records) / seconds if seconds > 0 else 0.0
-    console.print(f"{len(records)} inputs in {seconds:.1f} s ({rate:.1f}/s) -> [bold]{out}[/]")
+    console.print(f"{len(records)} inputs in {seconds:.1f} s ({rate:.1f}/s) -> [bold]{escape(display_text(out))}[/]")
 
 
 @app.command(epilog="Example: vsuite demo --out demo_out --minutes 3")
@@ -151,7 +153,8 @@ def demo(
     for vertical, result in outcomes.items():
         if result and result.get("run_dir") and result.get("results"):
             # soft_wrap: a command cut across lines cannot be pasted back into a shell.
-            console.print(f"vsuite app {app_cmd[vertical]} {result['run_dir']} --results {result['results']}",
+            roots = "".join(f" --data-root {r}" for r in result.get("data_roots") or [])  # images outside results
+            console.print(f"vsuite app {app_cmd[vertical]} {result['run_dir']} --results {result['results']}{roots}",
                           soft_wrap=True, highlight=False)
 
 
@@ -161,7 +164,7 @@ def main() -> None:
     try:
         app()  # standalone: click prints usage errors and exits by itself
     except InputError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(display_text(exc))}", highlight=False)
         sys.exit(2)
 
 if __name__ == "__main__":

@@ -329,25 +329,47 @@ def evaluate(
     return EvalOutput(logits_np, targets_np, loss, metrics)
 
 
+def _plain(value: Any) -> Any:
+    """Tensors stay; numpy scalars and arrays become Python numbers and lists, so ``weights_only`` loading (which
+    unpickles nothing but tensors and plain containers) can read the checkpoint back."""
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically (tmp + rename) so a crash mid-save never leaves a broken checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
+    torch.save(_plain(payload), tmp)
     tmp.replace(path)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by ``fit`` (weights, optimizer, scheduler, epoch, labels, config, history)."""
+    """Load a checkpoint written by ``fit`` (weights, optimizer, scheduler, epoch, labels, config, history).
+
+    ``weights_only``: tensors and plain containers only; a file that would construct any other object (and so
+    could run code while being unpickled) is refused, never executed."""
     from common.errors import InputError
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise InputError(f"{path}: not a readable checkpoint ({exc})") from exc
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or unsafe file
+        raise InputError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def fit(

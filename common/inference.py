@@ -7,6 +7,7 @@ onnxruntime alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,42 @@ class OnnxModel:
     @property
     def labels(self) -> list[str]:
         return list(self.metadata.get("labels", []))
+
+    @property
+    def output_shape(self) -> list:
+        """Shape of the first output (ints, or strings for symbolic dimensions)."""
+        return list(self.session.get_outputs()[0].shape)
+
+    def number(self, key: str, default: float | None = None, *, low: float | None = None,
+               high: float | None = None, low_open: bool = False, integer: bool = False) -> float:
+        """Metadata ``key`` as a finite number in [low, high] (``low_open``: (low, high]); ``default`` when absent
+        (None: required). Anything else refuses the model: a NaN threshold would pass every part."""
+        value = self.metadata.get(key, default)
+        where = f"{self.path}: metadata {key}={value!r}"
+        if value is None:
+            raise InputError(f"{self.path}: metadata lacks {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{where}: expected a number")
+        if not math.isfinite(value):
+            raise InputError(f"{where}: not a finite number")
+        if integer and value != int(value):
+            raise InputError(f"{where}: expected a whole number")
+        if low is not None and (value <= low if low_open else value < low):
+            raise InputError(f"{where}: must be {'>' if low_open else '>='} {low}")
+        if high is not None and value > high:
+            raise InputError(f"{where}: must be <= {high}")
+        return int(value) if integer else float(value)
+
+    def checked_labels(self, n_outputs: int | str | None) -> list[str]:
+        """Metadata ``labels``: unique non-empty strings, one per output (when the output size is fixed)."""
+        labels = self.metadata.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+            raise InputError(f"{self.path}: metadata labels={labels!r}: expected a list of class names")
+        if len(set(labels)) != len(labels):
+            raise InputError(f"{self.path}: metadata labels {labels} name a class twice")
+        if isinstance(n_outputs, int) and n_outputs != len(labels):
+            raise InputError(f"{self.path}: metadata names {len(labels)} classes but the model outputs {n_outputs}")
+        return list(labels)
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.path.name}, input={self.input_name}{self.input_shape})"

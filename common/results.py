@@ -3,13 +3,20 @@
 A record is a flat-ish dict. Every record has ``source`` (file or study), ``status`` ("ok" or "error"),
 ``reason`` (why it failed, else None) and ``timestamp``; each vertical adds its own fields. Nested values
 (lists of defects, probabilities) stay nested in JSONL and become JSON strings in CSV/Parquet.
+
+Every file written here is strict JSON / valid UTF-8 whatever a record holds: a non-finite number is written as
+null (never a ``NaN`` token), and a path whose name is not valid UTF-8 (a str from ``os.fsdecode`` carrying
+surrogate escapes) is written to JSONL as ``\\udcXX`` escapes, which ``read_jsonl`` gives back as the same str
+(``os.fsencode`` of it is the original bytes): lossless. CSV and Parquet cells, which must be UTF-8 text, carry
+the readable form (``display_text``: ``b_\\xff.jpg``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,16 +36,54 @@ def error_record(source: str, reason: str, **fields: Any) -> dict:
     return {"source": str(source), "status": "error", "reason": str(reason), "timestamp": now_iso(), **fields}
 
 
+def display_text(text: Any) -> str:
+    """``text`` as valid UTF-8 for people and tables: bytes a file name could not decode (surrogate escapes from
+    ``os.fsdecode``) are shown as ``\\xNN``; other text is unchanged."""
+    s = os.fsdecode(text) if isinstance(text, bytes | os.PathLike) else str(text)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def abs_path(path: str | os.PathLike) -> str:
+    """An absolute path as a str (symlinks not resolved; non-UTF-8 names kept as surrogate escapes)."""
+    return os.path.abspath(os.fsdecode(path))
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy arrays and scalars
         return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)  # a record is always written: an unexpected value as text, never a crash mid-line
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf; numpy ones too) replaced by None, for strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        return _finite(value.tolist())
+    return value
 
 
 def dumps(record: dict) -> str:
-    return json.dumps(record, default=_json_default, ensure_ascii=False, allow_nan=True)
+    """One record as strict JSON text that encodes to UTF-8 (see the module docstring)."""
+    try:
+        text = json.dumps(record, default=_json_default, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a NaN or inf somewhere: written as null
+        text = json.dumps(_finite(record), default=_json_default, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a non-UTF-8 file name: \udcXX escapes keep its bytes and the line ASCII
+        text = json.dumps(json.loads(text), ensure_ascii=True, allow_nan=False)
+    return text
 
 
 class JsonlWriter:
@@ -52,7 +97,7 @@ class JsonlWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_tail()
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._f = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
     def _repair_tail(self) -> None:
         """If a previous process died mid-line, end that line so the next record starts clean."""
@@ -63,7 +108,9 @@ class JsonlWriter:
                     f.write(b"\n")
 
     def write(self, record: dict) -> None:
-        self._f.write(dumps(record) + "\n")
+        data = (dumps(record) + "\n").encode("utf-8")
+        if self._f.write(data) != len(data):  # a short write (disk full) must not pass as a recorded part
+            raise OSError(f"{self.path}: short write ({len(data)} bytes asked)")
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -98,6 +145,43 @@ def read_jsonl(path: Path | str) -> list[dict]:
     return out
 
 
+def read_jsonl_tail(path: Path | str, block: int = 1 << 16) -> Iterator[dict]:
+    """The records of a JSONL file from the last one backwards, reading blocks from the end (never the whole file):
+    for a reader that needs only the newest few. Torn or corrupt lines are skipped; a missing file yields nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        rest = b""
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start) + rest
+            end = start
+            lines = chunk.split(b"\n")
+            rest = lines.pop(0) if start > 0 else b""  # may be cut: completed by the next block back
+            for line in reversed(lines):
+                rec = _parse_line(line)
+                if rec is not None:
+                    yield rec
+        if rest:
+            rec = _parse_line(rest)
+            if rec is not None:
+                yield rec
+
+
+def _parse_line(line: bytes) -> dict | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        rec = json.loads(line.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def decode_nested(value: Any) -> Any:
     """Undo the JSON encoding ``write_records`` applies to nested values in CSV/Parquet (other values pass)."""
     if isinstance(value, str) and value[:1] in "[{":
@@ -111,7 +195,8 @@ def decode_nested(value: Any) -> Any:
 def _flatten_for_table(records: Iterable[dict]) -> list[dict]:
     rows = []
     for rec in records:
-        rows.append({k: dumps(v) if isinstance(v, dict | list | tuple) else v for k, v in rec.items()})
+        rows.append({k: dumps(v) if isinstance(v, dict | list | tuple) else display_text(v) if isinstance(v, str)
+                     else None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()})
     return rows
 
 
@@ -126,25 +211,29 @@ def write_records(records: Iterable[dict], path: Path | str) -> Path:
     records = list(records)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if suffix == ".jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        df = pd.DataFrame(_flatten_for_table(records))
-        if suffix == ".csv":
-            df.to_csv(tmp, index=False)
+    try:
+        if suffix == ".jsonl":
+            with open(tmp, "wb") as f:
+                for rec in records:
+                    f.write((dumps(rec) + "\n").encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
         else:
-            # Columns mixing types (e.g. None and str) are fine for pyarrow; objects of mixed scalar types are not.
-            for col in df.columns:
-                if df[col].dtype == object:
-                    kinds = {type(v) for v in df[col] if v is not None and v == v}
-                    if len(kinds) > 1:
-                        df[col] = df[col].map(lambda v: None if v is None else str(v))
-            df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+            df = pd.DataFrame(_flatten_for_table(records))
+            if suffix == ".csv":
+                df.to_csv(tmp, index=False)
+            else:
+                # Columns mixing types (e.g. None and str) are fine for pyarrow; objects of mixed scalar types are not.
+                for col in df.columns:
+                    if df[col].dtype == object:
+                        kinds = {type(v) for v in df[col] if v is not None and v == v}
+                        if len(kinds) > 1:
+                            df[col] = df[col].map(lambda v: None if v is None else str(v))
+                df.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no .tmp left behind: the previous output (if any) stays as it was
+        raise
     return path
 
 

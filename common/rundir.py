@@ -47,13 +47,48 @@ def fingerprint_files(paths: Iterable[Path], root: Path | None = None) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_hashes(run_dir: Path | str) -> dict[str, str]:
+    """sha256 of every ONNX model file directly in ``run_dir`` (what inference loads), by file name."""
+    return {p.name: file_sha256(p) for p in sorted(Path(run_dir).glob("*.onnx")) if p.is_file()}
+
+
+def verify_model_file(run: dict, path: Path | str) -> None:
+    """Refuse a model file that is not the one training wrote: its sha256 must match run.json's ``model_sha256``.
+
+    Runs written before the hashes were recorded have none; they load unchecked (as they always did)."""
+    path = Path(path)
+    recorded = (run.get("model_sha256") or {}).get(path.name)
+    if recorded is None:
+        if run.get("model_sha256"):
+            raise InputError(f"{path}: not among the model files run.json records ({', '.join(run['model_sha256'])}); "
+                             "it was not written by this run's training")
+        return
+    if not path.is_file():
+        raise InputError(f"{path}: model file missing")
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise InputError(f"{path}: model file changed since training (sha256 {actual[:16]}..., run.json records "
+                         f"{str(recorded)[:16]}...); refusing to load it")
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; on a failure no .tmp is left behind
 
 
 def write_run_json(run_dir: Path | str, *, vertical: str, labels: list[str], config: dict, data_fingerprint: str,
@@ -61,6 +96,8 @@ def write_run_json(run_dir: Path | str, *, vertical: str, labels: list[str], con
     """Write ``run_dir/run.json`` atomically and return what was written.
 
     ``run_id`` is the folder name plus a short hash of config and data, so two runs named alike stay apart.
+    ``model_sha256``: the hash of every ``*.onnx`` in the run folder now (training writes run.json last), which
+    loading checks (``verify_model_file``).
     """
     if vertical not in VERTICALS:
         raise ValueError(f"vertical must be one of {VERTICALS}, got {vertical!r}")
@@ -77,6 +114,7 @@ def write_run_json(run_dir: Path | str, *, vertical: str, labels: list[str], con
         "data_fingerprint": data_fingerprint,
         "versions": package_versions(),
         "metrics": metrics,
+        "model_sha256": model_hashes(run_dir),
         **extra,
     }
     _atomic_write_json(run_dir / "run.json", run)

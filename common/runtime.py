@@ -27,16 +27,20 @@ _OFFLINE_ENV = {
     "WANDB_MODE": "disabled",
     "COMET_MODE": "disabled",
 }
+# Ultralytics unpickles .pt files with weights_only=False unless told otherwise: a crafted checkpoint would run
+# code. Its safe mode loads tensors plus an allow-list of its own and torch's network classes (see common/__init__).
+_SAFE_LOAD_ENV = {"ULTRALYTICS_SAFE_LOAD": "1"}
 
 
 def configure_offline() -> None:
     """Set the environment that keeps Ultralytics (and friends) from reaching the network.
 
-    Must run before ``import ultralytics``: it reads YOLO_OFFLINE at import time.
+    Must run before ``import ultralytics``: it reads YOLO_OFFLINE (and ULTRALYTICS_SAFE_LOAD) at import time.
     """
     for key, value in _OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     os.environ["YOLO_OFFLINE"] = "True"
+    os.environ.update(_SAFE_LOAD_ENV)
 
 
 def import_ultralytics():
