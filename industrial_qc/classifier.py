@@ -48,7 +48,10 @@ def build_classifier(arch: str, n_classes: int, stem: str = "standard", weights:
         path = Path(weights)
         if not path.is_file():
             raise InputError(f"classifier.weights {path}: file not found (weights are never downloaded)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # tensors and plain containers only: a weights file never runs code
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"classifier.weights {path}: not a loadable state_dict ({exc})") from None
         state = state.get("model", state) if isinstance(state, dict) else state
         own = net.state_dict()
         usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

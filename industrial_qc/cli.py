@@ -176,15 +176,27 @@ def inspect(
     max_parts: int = typer.Option(None, "--max-parts", min=1, help="Stop after this many parts."),
     idle_exit: float = typer.Option(None, "--idle-exit", help="With --watch: stop after N s without new parts."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime threads per model."),
+    settle_seconds: float = typer.Option(1.0, "--settle-seconds", min=0.0,
+                                         help="A file is taken once its size and mtime are unchanged this long."),
+    error_grace: float = typer.Option(10.0, "--error-grace", min=0.0,
+                                      help="With --watch: a fresh file that does not decode is retried until it has "
+                                           "been unchanged this long (a copy that paused), then recorded as an error."),
+    follow_links: bool = typer.Option(False, "--follow-links",
+                                      help="Inspect the targets of symlinks (default: a symlink is an error record)."),
+    max_pixels: int = typer.Option(None, "--max-pixels", min=1,
+                                   help="Largest image, in pixels, read from its header before decoding "
+                                        "[default: the run's input.max_pixels, 100 MP]."),
 ) -> None:
-    """Line inspection: one fsync'd JSON line per part, exactly once across restarts; Ctrl-C stops cleanly."""
+    """Line inspection: one fsync'd JSON line per part, exactly once across restarts; Ctrl-C stops cleanly.
+    One line per output folder; files still being written (.part/.tmp names, or changing) wait until complete."""
     from common.errors import InputError
     from industrial_qc.line import InspectOptions, run_line
 
     if sort not in ("none", "copy", "move"):
         raise InputError(f"--sort {sort!r}: expected none, copy or move")
     opts = InspectOptions(watch=watch, poll_interval=poll, annotate=annotate, sort=sort,  # type: ignore[arg-type]
-                          max_parts=max_parts, idle_exit=idle_exit, threads=threads)
+                          max_parts=max_parts, idle_exit=idle_exit, threads=threads, settle=settle_seconds,
+                          error_grace=error_grace, follow_links=follow_links, max_pixels=max_pixels)
     console = _console()
     summary = run_line(run, source, out, opts, console=console)
     console.print(f"-> [bold]{summary['results']}[/]")

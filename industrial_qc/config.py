@@ -167,6 +167,13 @@ class VerdictConfig(StrictModel):
     match_iou: float = Field(default=0.3, gt=0, le=1)  # a reported defect matches a ground-truth box
 
 
+class InputConfig(StrictModel):
+    """What the line and batch scoring accept as a part image (``industrial_qc.images.ImageLimits``)."""
+
+    max_pixels: int = Field(default=100_000_000, ge=1)  # checked on the header, before decoding
+    min_side: int = Field(default=32, ge=1)
+
+
 class QCConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "cpu"
@@ -176,6 +183,7 @@ class QCConfig(StrictModel):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
 
 
 def load_qc_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> QCConfig:

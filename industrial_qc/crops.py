@@ -68,6 +68,9 @@ def crops_for_boxes(img: np.ndarray, boxes: np.ndarray, crop_size: int, context:
     return out
 
 
+NORMALIZE_KINDS = ("imagenet", "per_crop")
+
+
 def to_tensor_batch(crops_bgr: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize: str = "imagenet"
                     ) -> np.ndarray:
     """(K, S, S, 3) uint8 BGR -> (K, 3, S, S) float32 RGB.

@@ -18,11 +18,13 @@ import numpy as np
 import yaml
 
 from common.errors import InputError
+from industrial_qc.images import STRETCH_RANGE as STRETCH_RANGE  # decoding lives in images.py
+from industrial_qc.images import decode_image, image_size
+from industrial_qc.images import read_image as read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "val", "test")
 MAX_REPORTED = 20
-STRETCH_RANGE = (16.0, 240.0)  # where a 16-bit or float image's 0.01-99.99th percentiles land in 8 bits
 MIN_DEFECT_PX = 6.0  # a defect's longer side at the detector's input below which it is easily missed (stride 8)
 
 
@@ -265,72 +267,6 @@ def _readable(path: Path) -> bool:
         return decode_image(np.fromfile(str(path), dtype=np.uint8)) is not None
     except OSError:
         return False
-
-
-def read_image(path: Path | str) -> np.ndarray:
-    """BGR uint8 (H, W, 3); InputError naming the file when it cannot be decoded (see ``decode_image``)."""
-    path = Path(path)
-    buf = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if buf is None:
-        raise InputError(f"{path}: file not found")
-    if buf.size == 0:
-        raise InputError(f"{path}: empty file")
-    img = decode_image(buf)
-    if img is None:
-        raise InputError(f"{path}: cannot decode image (corrupt or unsupported format)")
-    return img
-
-
-def decode_image(buf: np.ndarray) -> np.ndarray | None:
-    """Encoded bytes -> BGR uint8 (H, W, 3), turned upright by its EXIF orientation; None if undecodable.
-
-    Grayscale is expanded and alpha dropped. A 16-bit or float image (a 12- or 16-bit line camera, a float TIFF)
-    is mapped linearly from its 0.01st-99.99th percentile to ``STRETCH_RANGE`` (16-240). OpenCV's default (and
-    Ultralytics') keeps the high byte instead, which leaves a 12-bit image 16 grey levels and a faint defect
-    none; a float TIFF it does not decode at all. Both stages look at each image only up to a linear map (the
-    detector's flat-field, the classifier's per-crop standardisation). The margin to 0 and 255 is what an 8-bit
-    camera image usually has: stretched to the full 0-255, 12-bit copies of a synthetic set trained to test
-    mAP50 0.17 / 0.14 and GT-crop accuracy 0.83 / 0.79 (two seeds, 3 minutes), with the margin 0.35 / 0.34 and
-    0.86 / 0.85, as the 8-bit originals (0.38 / 0.22 and 0.86 / 0.86)."""
-    # native channels and depth (IMREAD_COLOR alone cannot read a 1-channel float TIFF), EXIF orientation applied
-    img = cv2.imdecode(buf, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
-    if img is None or img.size == 0:
-        return None
-    if img.ndim == 3 and img.shape[2] in (2, 4):  # gray + alpha, BGR + alpha
-        img = img[..., :1] if img.shape[2] == 2 else img[..., :3]
-    if img.dtype != np.uint8:
-        img = _stretch_to_uint8(img)
-    if img.ndim == 2 or img.shape[2] == 1:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    return np.ascontiguousarray(img)
-
-
-def _stretch_to_uint8(img: np.ndarray) -> np.ndarray:
-    x = np.nan_to_num(img.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
-    step_y, step_x = max(1, x.shape[0] // 512), max(1, x.shape[1] // 512)  # the percentiles from <= 512^2 pixels
-    lo, hi = np.percentile(x[::step_y, ::step_x], [0.01, 99.99])
-    out_lo, out_hi = STRETCH_RANGE
-    scale = (out_hi - out_lo) / (hi - lo) if hi > lo else 0.0
-    return np.clip((x - lo) * scale + out_lo + 0.5, 0, 255).astype(np.uint8)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels; swapped when the EXIF orientation
-    turns the image a quarter (OpenCV and Ultralytics decode it upright). What Pillow cannot open is decoded
-    (``read_image``: InputError naming the file if that fails too)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            try:
-                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
-            except Exception:  # a broken EXIF block: OpenCV ignores it too
-                turned = False
-    except Exception:  # a format or size Pillow refuses (its decompression-bomb limit), not OpenCV
-        h, w = read_image(path).shape[:2]
-        return w, h
-    return (h, w) if turned else (w, h)
 
 
 def defect_scale(samples: list[Sample], imgsz: int) -> dict:

@@ -80,4 +80,4 @@ def run_demo(workdir: Path, *, console: Console, minutes: float) -> dict:
     t2.add_row("verdicts", " ".join(f"{k} {v}" for k, v in metrics["pipeline"]["parts"]["verdicts"].items()))
     console.print(t2)
     return {"run_dir": str(run_dir), "results": str(line_out / "results.jsonl"), "metrics": head,
-            "line": line, "data_yaml": str(rep.data_yaml)}
+            "line": line, "data_yaml": str(rep.data_yaml), "data_roots": [str(line_in)]}

@@ -46,7 +46,12 @@ def build_model(cfg: DetectorConfig, weights: str | Path | None = None):
         w = Path(w)
         if not w.is_file():
             raise InputError(f"--detector-weights {w}: file not found (weights are never downloaded)")
-        model = model.load(str(w))
+        try:  # Ultralytics' safe load (common.runtime): tensors and its own network classes, no code
+            model = model.load(str(w))
+        except Exception as exc:
+            raise InputError(f"--detector-weights {w}: refused, not a loadable Ultralytics checkpoint "
+                             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+                             ) from None
     return model
 
 

@@ -3,16 +3,18 @@ ONNX pipeline one at a time; each part becomes one fsync'd line of ``results.jso
 
 Exactly once: ``ledger.txt`` in the output folder lists every part already recorded (path, size and mtime, or
 video frame); a restart skips them. The ledger is written after the record, and on start-up records whose
-ledger line is missing (a kill between the two writes) are recovered from ``results.jsonl``: a restart neither
-repeats nor skips a part. SIGINT/SIGTERM set a flag checked between parts, so the part in flight is finished
-and recorded before the loop stops. No torch on this path (onnxruntime + OpenCV only).
+ledger line is missing (a kill between the two writes) are recovered from the tail of ``results.jsonl``: a
+restart neither repeats nor skips a part. One line per output folder (``OUT/.lock``). Every input becomes one
+record, whatever its name or content: anything that goes wrong with one part is that part's error record and the
+line goes on. SIGINT/SIGTERM set a flag checked between parts, so the part in flight is finished and recorded
+before the loop stops. The hot folder's rules (settling, ignored names, links, sorting) are in
+``industrial_qc.hotfolder``. No torch on this path (onnxruntime + OpenCV only).
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import os
-import shutil
 import signal
 import threading
 import time
@@ -27,33 +29,38 @@ import numpy as np
 
 from common.errors import InputError
 from common.inference import share_thread_pool
-from common.results import JsonlWriter, error_record, now_iso, read_jsonl
-from industrial_qc.data import IMAGE_SUFFIXES, read_image
-from industrial_qc.pipeline import Pipeline, draw_annotations
-
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"})
-SourceKind = Literal["folder", "glob", "file", "video", "camera"]
+from common.results import JsonlWriter, abs_path, display_text, error_record
+from industrial_qc.hotfolder import (
+    Ledger,
+    OutputLock,
+    Part,
+    Scanner,
+    SourceKind,
+    classify_source,
+    recover_ledger,
+    sort_file,
+    unique_name,
+)
+from industrial_qc.images import ImageLimits, check_image, read_image
+from industrial_qc.pipeline import Pipeline, draw_annotations, part_record
 
 
 @dataclass
 class InspectOptions:
     watch: bool = False
     poll_interval: float = 0.5  # seconds between scans of a hot folder
-    settle: float = 0.3  # a file must be unchanged this long before it is read (it may still be copying)
+    settle: float = 1.0  # a file's size and mtime must be unchanged this long before it is read (still copying?)
+    # with --watch: a file that does not decode while it is younger than this is retried (a copy that paused),
+    # and recorded as an error once it has been left unchanged this long
+    error_grace: float = 10.0
+    follow_links: bool = False  # symlinks are error records unless this is set
     annotate: bool = False  # annotated images of FAIL/REVIEW parts in OUT/annotated
     sort: Literal["none", "copy", "move"] = "none"  # files into OUT/{pass,fail,review,error}
     max_parts: int | None = None  # stop after this many parts (cameras, smoke tests)
     idle_exit: float | None = None  # with --watch: stop after this many seconds without a new part
     threads: int | None = None
     status_every: float = 5.0  # seconds between status lines when stdout is not a terminal
-
-
-@dataclass
-class Part:
-    key: str  # ledger key
-    source: str  # what the record names: a path, or path#frame=N, or camera:N#frame=N
-    path: Path | None = None
-    frame: np.ndarray | None = None
+    max_pixels: int | None = None  # overrides the run's input.max_pixels
 
 
 @dataclass
@@ -89,31 +96,6 @@ class LineStats:
                 f"PASS {c['PASS']} FAIL {c['FAIL']} REVIEW {c['REVIEW']} ERROR {c['ERROR']}")
 
 
-class Ledger:
-    """Append-only set of processed part keys (``ledger.txt``), fsync'd per entry."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.keys: set[str] = set()
-        if path.is_file():
-            self.keys = {ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln}
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys
-
-    def add(self, key: str) -> None:
-        if key in self.keys:
-            return
-        self._f.write(key + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.keys.add(key)
-
-    def close(self) -> None:
-        self._f.close()
-
-
 class StopFlag:
     """Set by SIGINT/SIGTERM (handlers installed only in the main thread, restored on exit)."""
 
@@ -137,69 +119,33 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def classify_source(source: str) -> SourceKind:
-    p = Path(source).expanduser()
-    if p.is_dir():
-        return "folder"
-    if p.is_file():
-        return "video" if p.suffix.lower() in VIDEO_SUFFIXES else "file"
-    if source.isdigit():
-        return "camera"
-    if any(ch in source for ch in "*?["):
-        return "glob"
-    raise InputError(f"{source}: not a folder, file, glob or camera index")
-
-
-def file_key(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def list_files(source: str, kind: SourceKind, exclude: Path | None) -> list[Path]:
-    if kind == "folder":
-        files = [p for p in Path(source).expanduser().iterdir() if p.is_file()]
-    elif kind == "glob":
-        files = [Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True) if os.path.isfile(p)]
-    else:
-        files = [Path(source).expanduser()]
-    files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-    if exclude is not None:
-        ex = exclude.resolve()
-        files = [p for p in files if ex not in p.resolve().parents]
-    return sorted(files)
-
-
-def iter_parts(source: str, ledger: Ledger, opts: InspectOptions, stop: StopFlag, out_dir: Path) -> Iterator[Part]:
-    """Parts not yet in the ledger, in order; with ``watch`` the folder/glob is polled until stopped."""
+def iter_parts(source: str, ledger: Ledger, opts: InspectOptions, stop: StopFlag, out_dir: Path,
+               scanner: Scanner | None = None, console=None) -> Iterator[Part]:
+    """Parts not yet in the ledger, in order; with ``watch`` the folder/glob is polled until stopped. Without
+    ``watch`` the source is read once, waiting only for files that are still settling."""
     kind = classify_source(source)
     if kind in ("video", "camera"):
         yield from _iter_frames(source, kind, ledger, stop)
         return
+    scanner = scanner or Scanner(source, kind, out_dir, settle=opts.settle, error_grace=opts.error_grace,
+                                 follow_links=opts.follow_links)
     last_new = time.monotonic()
+    shown_error = None
     while not stop.stopped:
-        pending = False
-        for p in list_files(source, kind, out_dir):
+        ready, waiting = scanner.poll(ledger, watch=opts.watch)
+        if scanner.errors and scanner.errors[0] != shown_error and console is not None:
+            console.print(f"[yellow]warning:[/] {scanner.errors[0]}", highlight=False)
+        shown_error = scanner.errors[0] if scanner.errors else None
+        for part in ready:
             if stop.stopped:
                 return
-            key = file_key(p)
-            if key is None or key in ledger:
-                continue
-            if opts.watch:
-                try:
-                    age = time.time() - p.stat().st_mtime
-                except OSError:
-                    continue
-                if age < opts.settle:
-                    pending = True  # still being written (or just landed): take it on a later poll
-                    continue
+            if part.key in ledger:
+                continue  # the same file reached twice (two links to it) in one poll
             last_new = time.monotonic()
-            yield Part(key=key, source=str(p), path=p)
-        if not opts.watch:
+            yield part
+        if not opts.watch and not waiting:
             return
-        if opts.idle_exit is not None and not pending and time.monotonic() - last_new > opts.idle_exit:
+        if opts.idle_exit is not None and not waiting and time.monotonic() - last_new > opts.idle_exit:
             return
         _sleep(opts.poll_interval, stop)
 
@@ -231,62 +177,65 @@ def _iter_frames(source: str, kind: SourceKind, ledger: Ledger, stop: StopFlag) 
         cap.release()
 
 
-def inspect_part(pipe: Pipeline, part: Part) -> tuple[dict, np.ndarray | None]:
+def inspect_part(pipe: Pipeline, part: Part, limits: ImageLimits | None = None) -> tuple[dict, np.ndarray | None]:
     """One part -> (record, decoded image or None). Never raises for a bad input: that is an error record."""
     t0 = time.perf_counter()
-    base = {"file": part.source, "run_id": pipe.run_id, "ledger_key": part.key}
+    base = {"run_id": pipe.run_id, "ledger_key": part.key}
+    if part.problem is not None:
+        return error_record(part.source, f"{part.source}: {part.problem}", file=part.source, **base), None
+    limits = limits or pipe.limits
     try:
-        img = part.frame if part.frame is not None else read_image(part.path)
+        if part.frame is not None:
+            img = part.frame
+            check_image(img, limits, part.source)
+        else:
+            img = read_image(part.path, limits)
     except InputError as exc:
-        return error_record(part.source, str(exc), **base), None
+        return error_record(part.source, str(exc), file=part.source, retryable=True, **base), None
     except Exception as exc:  # a decoder crash on a hostile file must not stop the line
-        return error_record(part.source, f"{type(exc).__name__}: {exc}", **base), None
-    t1 = time.perf_counter()
-    try:
-        res = pipe.inspect(img)
-    except Exception as exc:
-        return error_record(part.source, f"inference failed: {type(exc).__name__}: {exc}", **base), img
-    t2 = time.perf_counter()
-    record = {
-        "source": part.source,
-        "status": "ok",
-        "reason": None,
-        "timestamp": now_iso(),
-        **base,
-        "verdict": res.pop("verdict"),
-        **res,
-        "width": int(img.shape[1]),
-        "height": int(img.shape[0]),
-        "decode_ms": round((t1 - t0) * 1e3, 2),
-        "latency_ms": round((t2 - t0) * 1e3, 2),
-    }
-    return record, img
-
-
-def _recover_ledger(results: Path, ledger: Ledger) -> int:
-    """Ledger lines lost to a kill between 'record written' and 'ledger written' are restored from records."""
-    if not results.is_file():
-        return 0
-    n = 0
-    for rec in read_jsonl(results):
-        key = rec.get("ledger_key")
-        if key and key not in ledger:
-            ledger.add(key)
-            n += 1
-    return n
+        return error_record(part.source, f"{part.source}: {type(exc).__name__}: {exc}", file=part.source,
+                            **base), None
+    return part_record(pipe, img, part.source, (time.perf_counter() - t0) * 1e3, **base), img
 
 
 def _after(record: dict, img: np.ndarray | None, part: Part, out_dir: Path, opts: InspectOptions) -> None:
+    """Annotated image and sorted file of a recorded part (the record is already safe on disk)."""
     verdict = record.get("verdict") if record["status"] == "ok" else "ERROR"
     if opts.annotate and img is not None and verdict in ("FAIL", "REVIEW"):
         ann = out_dir / "annotated"
         ann.mkdir(exist_ok=True)
-        stem = Path(part.source.split("#")[0]).stem + (("_" + part.key.split("#")[1]) if "#" in part.key else "")
-        cv2.imwrite(str(ann / f"{stem}.jpg"), draw_annotations(img, record))
-    if opts.sort != "none" and part.path is not None and part.path.exists():
-        dest = out_dir / str(verdict).lower()
-        dest.mkdir(exist_ok=True)
-        (shutil.move if opts.sort == "move" else shutil.copy2)(str(part.path), dest / part.path.name)
+        base = Path(part.source.split("#")[0]).stem + (("_" + part.key.split("#")[1]) if "#" in part.key else "")
+        dest = unique_name(ann, f"{base}.jpg", part.key)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        ok, data = cv2.imencode(".jpg", draw_annotations(img, record))
+        if not ok:
+            raise OSError(f"{dest}: cannot encode the annotated image")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data.tobytes())
+            os.rename(tmp, dest)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    if opts.sort != "none":
+        sort_file(part, str(verdict), out_dir, opts.sort)
+
+
+def _finish_sorting(rec: dict | None, out_dir: Path, opts: InspectOptions) -> None:
+    """After a kill between 'recorded' and 'sorted' (``--sort move``), the newest recorded part may still sit in
+    the hot folder: its key says it is the same file, so it is moved now (a copy cannot be told apart from another
+    part's and is left)."""
+    if rec is None or opts.sort != "move" or rec.get("sort") != "move" or "#" in str(rec.get("ledger_key")):
+        return
+    path = Path(str(rec.get("file") or rec.get("source")))
+    real, size, mtime = [*str(rec["ledger_key"]).rsplit("|", 2), "", ""][:3]
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if (size, mtime) == (str(st.st_size), str(st.st_mtime_ns)) and os.path.realpath(path) == real:
+        verdict = rec.get("verdict") if rec.get("status") == "ok" else "ERROR"
+        sort_file(Part(key=rec["ledger_key"], source=str(path), path=path), str(verdict), out_dir, "move")
 
 
 def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, console=None) -> dict:
@@ -298,15 +247,31 @@ def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, co
     console = console or Console()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classify_source(source)  # fail fast on a bad source, before loading models
-    share_thread_pool(opts.threads)  # detector and classifier alternate on one pool: less latency per part
-    pipe = Pipeline.from_run(run_dir, threads=opts.threads)
+    kind = classify_source(source)  # fail fast on a bad source, before loading models
+    if kind not in ("video", "camera"):
+        source = abs_path(os.path.expanduser(source)) if kind != "glob" else os.path.expanduser(source)
+    with OutputLock(out_dir):
+        share_thread_pool(opts.threads)  # detector and classifier alternate on one pool: less latency per part
+        pipe = Pipeline.from_run(run_dir, threads=opts.threads)
+        limits = pipe.limits if opts.max_pixels is None else ImageLimits(opts.max_pixels, pipe.limits.min_side)
+        return _line_loop(pipe, limits, source, kind, out_dir, opts, console, Live, Text)
+
+
+def _line_loop(pipe: Pipeline, limits: ImageLimits, source: str, kind: SourceKind, out_dir: Path,
+               opts: InspectOptions, console, Live, Text) -> dict:
     results_path = out_dir / "results.jsonl"
     stats = LineStats()
     ledger = Ledger(out_dir / "ledger.txt")
-    recovered = _recover_ledger(results_path, ledger)
+    recovered, newest = recover_ledger(results_path, ledger)
     if recovered:
         console.print(f"ledger: recovered {recovered} entries from {results_path.name}")
+    try:
+        _finish_sorting(newest, out_dir, opts)
+    except Exception as exc:  # never a reason not to start: the file stays where it is
+        console.print(f"[yellow]warning:[/] could not sort the last recorded part: {type(exc).__name__}: "
+                      f"{display_text(exc)}", highlight=False)
+    scanner = None if kind in ("video", "camera") else Scanner(
+        source, kind, out_dir, settle=opts.settle, error_grace=opts.error_grace, follow_links=opts.follow_links)
     live = Live(Text("waiting for parts..."), console=console, refresh_per_second=4, transient=False) \
         if console.is_terminal else None
     last_print = time.monotonic()
@@ -314,11 +279,23 @@ def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, co
         if live is not None:
             live.start()
         try:
-            for part in iter_parts(source, ledger, opts, stop, out_dir):
-                record, img = inspect_part(pipe, part)
+            for part in iter_parts(source, ledger, opts, stop, out_dir, scanner, console):
+                record, img = inspect_part(pipe, part, limits)
+                if record.pop("retryable", False) and opts.watch and scanner is not None \
+                        and scanner.defer(part, record["reason"]):
+                    continue  # did not decode while it may still be arriving: tried again later
+                if scanner is not None:
+                    scanner.taken(part)
+                if opts.sort != "none" and part.path is not None:
+                    record["sort"] = opts.sort  # a restart finishes a move a kill cut short (_finish_sorting)
                 writer.write(record)
                 ledger.add(part.key)
-                _after(record, img, part, out_dir, opts)
+                try:
+                    _after(record, img, part, out_dir, opts)
+                except Exception as exc:  # recorded already: a full disk or a permission must not stop the line
+                    console.print(f"[yellow]warning:[/] {display_text(part.source)}: recorded, but "
+                                  f"annotating/sorting failed: {type(exc).__name__}: {display_text(exc)}",
+                                  highlight=False)
                 ok = record["status"] == "ok"
                 stats.add(record["verdict"] if ok else "ERROR", record.get("latency_ms") if ok else None)
                 if live is not None:
@@ -336,3 +313,4 @@ def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, co
     summary.update(results=str(results_path), ledger=str(ledger.path), stopped_by=stop.signal, run_id=pipe.run_id)
     console.print(stats.line() + (f"  (stopped by {stop.signal})" if stop.signal else ""))
     return summary
+

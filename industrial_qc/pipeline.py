@@ -17,9 +17,11 @@ import numpy as np
 from common.errors import InputError
 from common.inference import OnnxModel
 from common.metrics import softmax
-from common.rundir import read_run_json
-from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, crops_for_boxes, to_tensor_batch
+from common.results import error_record, now_iso
+from common.rundir import read_run_json, verify_model_file
+from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_KINDS, crops_for_boxes, to_tensor_batch
 from industrial_qc.flatfield import fit_to, flatfield
+from industrial_qc.images import ImageLimits
 from industrial_qc.verdict import SCORE_KINDS, candidate_scores, part_verdict
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
@@ -125,19 +127,28 @@ class OnnxDetector:
     """detector.onnx (exported by Ultralytics, static batch 1) with letterbox pre- and NMS post-processing."""
 
     def __init__(self, path: Path | str, threads: int | None = None) -> None:
-        self.model = OnnxModel(path, threads=threads)
-        shape = self.model.input_shape
+        m = self.model = OnnxModel(path, threads=threads)
+        shape = m.input_shape
+        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            raise InputError(f"{m.path}: input shape {shape}: expected a fixed (1, 3, H, W) image")
         self.imgsz = (int(shape[2]), int(shape[3]))
-        md = self.model.metadata
-        self.labels: list[str] = list(md.get("labels") or [])
-        self.conf = float(md.get("conf", 0.05))
-        self.iou = float(md.get("iou", 0.5))
-        self.max_det = int(md.get("max_det", 20))
+        md = m.metadata
+        out = m.output_shape  # (1, 4 + nc, anchors)
+        nc = out[1] - 4 if len(out) == 3 and isinstance(out[1], int) else None
+        self.labels: list[str] = m.checked_labels(nc) if "labels" in md else []
+        self.conf = m.number("conf", 0.05, low=0.0, high=1.0, low_open=True)
+        self.iou = m.number("iou", 0.5, low=0.0, high=1.0, low_open=True)
+        self.max_det = m.number("max_det", 20, low=1, integer=True)
         # the best min_candidates detections down to floor_conf are kept even below conf (runs before: none)
-        self.min_candidates = int(md.get("min_candidates", 0))
-        self.floor_conf = float(md.get("floor_conf", self.conf))
+        self.min_candidates = m.number("min_candidates", 0, low=0, integer=True)
+        self.floor_conf = m.number("floor_conf", self.conf, low=0.0, high=self.conf, low_open=True)
         # runs exported before the transform existed have no "flatfield" entry: raw input
         self.flatfield: dict | None = (md.get("preprocessing") or {}).get("flatfield")
+        if self.flatfield is not None:
+            bad = {k: v for k, v in self.flatfield.items()
+                   if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0}
+            if bad:
+                raise InputError(f"{m.path}: metadata preprocessing.flatfield {bad}: expected finite numbers > 0")
 
     def __call__(self, img: np.ndarray, conf: float | None = None, iou: float | None = None,
                  max_det: int | None = None) -> Detections:
@@ -160,18 +171,34 @@ class OnnxClassifier:
     """classifier.onnx: (B, 3, S, S) normalised RGB crops -> logits (B, C); class 0 is ``background``."""
 
     def __init__(self, path: Path | str, threads: int | None = None) -> None:
-        self.model = OnnxModel(path, threads=threads)
-        md = self.model.metadata
-        self.labels: list[str] = list(md["labels"])
+        m = self.model = OnnxModel(path, threads=threads)
+        md = m.metadata
+        out = m.output_shape  # (B, C)
+        self.labels: list[str] = m.checked_labels(out[-1] if len(out) == 2 else None)
         if self.labels[0] != "background":
             raise InputError(f"{path}: first label must be 'background', got {self.labels[0]!r}")
-        self.crop_size = int(md["crop_size"])
-        self.context = float(md["context"])
-        self.min_crop = float(md["min_crop"])
-        self.mean = tuple(md.get("mean", IMAGENET_MEAN))
-        self.std = tuple(md.get("std", IMAGENET_STD))
-        self.temperature = float(md.get("temperature", 1.0))
+        self.crop_size = m.number("crop_size", low=2, integer=True)
+        if len(m.input_shape) != 4 or any(isinstance(d, int) and d != self.crop_size for d in m.input_shape[2:]):
+            raise InputError(f"{path}: input shape {m.input_shape} does not take {self.crop_size}-px crops "
+                             "(metadata crop_size)")
+        self.context = m.number("context", low=0.0)
+        self.min_crop = m.number("min_crop", low=0.0, high=1.0, low_open=True)
+        self.mean = self._triple("mean", IMAGENET_MEAN)
+        self.std = self._triple("std", IMAGENET_STD)
+        if min(self.std) <= 0:
+            raise InputError(f"{path}: metadata std={list(self.std)}: must be > 0")
+        self.temperature = m.number("temperature", 1.0, low=0.0, low_open=True)
         self.normalize = str(md.get("normalize", "imagenet"))
+        if self.normalize not in NORMALIZE_KINDS:
+            raise InputError(f"{path}: metadata normalize={self.normalize!r}: expected one of "
+                             f"{', '.join(NORMALIZE_KINDS)}")
+
+    def _triple(self, key: str, default: tuple) -> tuple[float, ...]:
+        v = self.model.metadata.get(key, list(default))
+        if not isinstance(v, list | tuple) or len(v) != 3 or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for x in v):
+            raise InputError(f"{self.model.path}: metadata {key}={v!r}: expected three finite numbers")
+        return tuple(float(x) for x in v)
 
     def crops(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return crops_for_boxes(img, boxes, self.crop_size, self.context, self.min_crop)
@@ -219,9 +246,14 @@ class Pipeline:
     """The whole line model of a run: ``inspect(image)`` -> result dict with verdict and defects."""
 
     def __init__(self, detector: OnnxDetector, classifier: OnnxClassifier, fail_threshold: float,
-                 review_threshold: float, run_id: str = "", score: str = "classifier") -> None:
+                 review_threshold: float, run_id: str = "", score: str = "classifier",
+                 limits: ImageLimits | None = None) -> None:
         if score not in SCORE_KINDS:
             raise InputError(f"unknown verdict score {score!r} (expected one of {', '.join(SCORE_KINDS)})")
+        if not 0.0 <= review_threshold <= fail_threshold <= 1.0:  # NaN fails too: a run that cannot judge
+            raise InputError(f"verdict thresholds review {review_threshold}, fail {fail_threshold}: expected "
+                             "0 <= review <= fail <= 1")
+        self.limits = limits or ImageLimits()  # what read_image accepts as a part (config ``input``)
         self.detector = detector
         self.classifier = classifier
         self.fail_threshold = float(fail_threshold)
@@ -238,16 +270,27 @@ class Pipeline:
         run = run or read_run_json(run_dir)
         if run.get("vertical") != "industrial_qc":
             raise InputError(f"{run_dir}/run.json: vertical is {run.get('vertical')!r}, not industrial_qc")
+        for name in ("detector.onnx", line_classifier_path(run_dir, run).name):
+            verify_model_file(run, run_dir / name)
         detector = OnnxDetector(run_dir / "detector.onnx", threads)
         classifier = OnnxClassifier(line_classifier_path(run_dir, run), threads)
         th = classifier.model.metadata.get("thresholds") or run.get("thresholds") or {}
-        if "fail" not in th or "review" not in th:
+        where = f"{run_dir}: verdict thresholds of {classifier.model.path.name} / run.json"
+        if not isinstance(th, dict) or "fail" not in th or "review" not in th:
             raise InputError(f"{run_dir}: no verdict thresholds in {classifier.model.path.name} or run.json")
+        fail, review = th["fail"], th["review"]
+        for key, v in (("fail", fail), ("review", review)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:  # NaN fails too
+                raise InputError(f"{where}: {key}={v!r} is not a number in [0, 1]; a run that cannot judge "
+                                 "refuses to load")
+        if fail < review:
+            raise InputError(f"{where}: fail {fail} is below review {review}")
         score = th.get("score", "classifier")
         if score not in SCORE_KINDS:
             raise InputError(f"{run_dir}: unknown verdict score {score!r} in the thresholds of "
                              f"{classifier.model.path.name} / run.json (expected one of {', '.join(SCORE_KINDS)})")
-        return cls(detector, classifier, th["fail"], th["review"], run["run_id"], score)
+        return cls(detector, classifier, fail, review, run["run_id"], score,
+                   ImageLimits.from_config((run.get("config") or {}).get("input")))
 
     def defect_scores(self, det: Detections, probs: np.ndarray) -> np.ndarray:
         """(K,) what the verdict reads for each candidate (``industrial_qc.verdict.candidate_scores``)."""
@@ -295,14 +338,30 @@ class Pipeline:
                 "defect_score": round(float(score[i]), 4),  # what the verdict reads (run.json thresholds.score)
                 "level": "fail" if score[i] >= self.fail_threshold else "review",
             })
+        bad = int(len(score) - np.isfinite(score).sum())
         return {
             "verdict": verdict,
-            "max_defect_score": round(float(score.max()), 4) if len(score) else 0.0,
-            "max_defect_prob": round(float(defect_p.max()), 4) if len(defect_p) else 0.0,
+            "max_defect_score": round(float(np.nanmax(score)), 4) if len(score) > bad else 0.0,
+            "max_defect_prob": round(float(np.nanmax(defect_p)), 4) if np.isfinite(defect_p).any() else 0.0,
             "defects": defects,
             "n_candidates": len(det),
+            **({"verdict_note": f"{bad} candidate(s) with a non-finite score: not passed"} if bad else {}),
             **({k: round(v, 2) for k, v in timing.items()} if timing else {}),
         }
+
+
+def part_record(pipe: Pipeline, img: np.ndarray, source: str, decode_ms: float, **fields) -> dict:
+    """The record of one decoded part (the line's and batch scoring's): the pipeline's result, image size and
+    timings; an inference failure is this part's error record, never an exception."""
+    t0 = time.perf_counter()
+    base = {"file": source, "run_id": pipe.run_id, **fields}
+    try:
+        res = pipe.inspect(img)
+    except Exception as exc:
+        return error_record(source, f"{source}: inference failed: {type(exc).__name__}: {exc}", **base)
+    return {"source": source, "status": "ok", "reason": None, "timestamp": now_iso(), **base,
+            "verdict": res.pop("verdict"), **res, "width": int(img.shape[1]), "height": int(img.shape[0]),
+            "decode_ms": round(decode_ms, 2), "latency_ms": round(decode_ms + (time.perf_counter() - t0) * 1e3, 2)}
 
 
 def draw_annotations(img: np.ndarray, result: dict) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,51 +15,60 @@ from pathlib import Path
 from common.errors import InputError
 from common.inference import share_thread_pool
 from common.progress import add_task, make_progress, update_rate
-from common.results import error_record, now_iso, write_records
-from industrial_qc.data import IMAGE_SUFFIXES, read_image
-from industrial_qc.pipeline import Pipeline
+from common.results import abs_path, error_record, write_records
+from industrial_qc.data import IMAGE_SUFFIXES
+from industrial_qc.hotfolder import skip_name
+from industrial_qc.images import ImageLimits, read_image
+from industrial_qc.pipeline import Pipeline, part_record
 
 PREFETCH = 8  # decoded images kept ahead of inference
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
-    """Files, folders (recursive) and globs -> sorted unique image paths, plus error records for inputs that
-    match nothing."""
+    """Files, folders (recursive, symlinked folders not entered) and globs -> sorted unique image paths
+    (absolute), plus an error record for each input that matches nothing: every input is answered. In folders,
+    hidden names and unfinished copies (``.part``/``.tmp``) are left out, as the line leaves them
+    (``industrial_qc.hotfolder.skip_name``); a file named on the command line is always scored."""
     files: list[Path] = []
     errors: list[dict] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
+            found = []
+            for root, dirs, names in os.walk(p):  # followlinks=False: a link loop cannot hang the batch
+                dirs.sort()
+                found += [Path(root, n) for n in sorted(names) if not skip_name(n)]
+        elif os.path.lexists(p):
             found = [p]
         elif any(ch in item for ch in "*?["):
             found = sorted(Path(f) for f in glob.glob(os.path.expanduser(item), recursive=True)
-                           if os.path.isfile(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+                           if not os.path.isdir(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES)
         else:
-            errors.append(error_record(item, "no such file, folder or glob match", file=item))
+            errors.append(error_record(abs_path(p), f"{p}: no such file, folder or glob match", file=abs_path(p)))
             continue
         if not found:
-            errors.append(error_record(item, "matches no image files", file=item))
-        files += found
-    seen: set[Path] = set()
+            errors.append(error_record(abs_path(p), f"{item}: matches no image files", file=abs_path(p)))
+        files += [Path(abs_path(f)) for f in found]
+    seen: set[str] = set()
     unique = []
     for f in files:
-        r = f.resolve()
+        r = os.path.realpath(f)
         if r not in seen:
             seen.add(r)
             unique.append(f)
     return unique, errors
 
 
-def _decode(path: Path):
+def _decode(path: Path, limits: ImageLimits):
     t0 = time.perf_counter()
     try:
-        return read_image(path), None, (time.perf_counter() - t0) * 1e3
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader forever
+            return None, f"{path}: not a regular file (FIFO, socket or device); not read", 0.0
+        return read_image(path, limits), None, (time.perf_counter() - t0) * 1e3
     except InputError as exc:
         return None, str(exc), 0.0
     except Exception as exc:  # hostile files must not stop a batch
-        return None, f"{type(exc).__name__}: {exc}", 0.0
+        return None, f"{path}: {type(exc).__name__}: {exc}", 0.0
 
 
 def score_files(pipe: Pipeline, files: list[Path], *, workers: int = 2, on_record=None) -> list[dict]:
@@ -68,29 +78,21 @@ def score_files(pipe: Pipeline, files: list[Path], *, workers: int = 2, on_recor
         queue: deque[tuple[Path, Future]] = deque()
         it = iter(files)
         for f in it:
-            queue.append((f, pool.submit(_decode, f)))
+            queue.append((f, pool.submit(_decode, f, pipe.limits)))
             if len(queue) >= PREFETCH:
                 break
         while queue:
             path, fut = queue.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(_decode, nxt)))
-            img, err, decode_ms = fut.result()
+                queue.append((nxt, pool.submit(_decode, nxt, pipe.limits)))
             src = str(path)
-            if err is not None:
-                rec = error_record(src, err, file=src, run_id=pipe.run_id)
-            else:
-                t0 = time.perf_counter()
-                try:
-                    res = pipe.inspect(img)
-                    rec = {"source": src, "status": "ok", "reason": None, "timestamp": now_iso(), "file": src,
-                           "run_id": pipe.run_id, "verdict": res.pop("verdict"), **res,
-                           "width": int(img.shape[1]), "height": int(img.shape[0]), "decode_ms": round(decode_ms, 2),
-                           "latency_ms": round(decode_ms + (time.perf_counter() - t0) * 1e3, 2)}
-                except Exception as exc:
-                    rec = error_record(src, f"inference failed: {type(exc).__name__}: {exc}", file=src,
-                                       run_id=pipe.run_id)
+            try:
+                img, err, decode_ms = fut.result()
+                rec = error_record(src, err, file=src, run_id=pipe.run_id) if err is not None \
+                    else part_record(pipe, img, src, decode_ms)
+            except Exception as exc:  # MemoryError and the like: this input's error, not the batch's end
+                rec = error_record(src, f"{src}: {type(exc).__name__}: {exc}", file=src, run_id=pipe.run_id)
             records.append(rec)
             if on_record is not None:
                 on_record(rec)

@@ -35,13 +35,20 @@ def candidate_scores(cls_defect_p: np.ndarray, det_conf: np.ndarray, kind: str) 
 
 def part_verdict(defect_probs: Sequence[float] | np.ndarray, fail_threshold: float, review_threshold: float) -> Verdict:
     """PASS / FAIL / REVIEW for one part from its candidates' defect scores (``candidate_scores``; the argument
-    keeps its old name) (empty = no detection = PASS)."""
+    keeps its old name) (empty = no detection = PASS).
+
+    Fail safe: a candidate whose score is not a finite number (a NaN from the model) cannot be judged, so the part
+    is never PASSed on it (REVIEW, or FAIL if another candidate fails it); non-finite thresholds give REVIEW."""
     if review_threshold > fail_threshold:
         raise ValueError(f"review_threshold {review_threshold} > fail_threshold {fail_threshold}")
-    top = float(np.max(defect_probs)) if len(defect_probs) else 0.0
+    s = np.asarray(defect_probs, np.float64).reshape(-1)
+    ok = np.isfinite(s)
+    top = float(s[ok].max()) if ok.any() else 0.0
+    if not (np.isfinite(fail_threshold) and np.isfinite(review_threshold)):
+        return "REVIEW"
     if top >= fail_threshold:
         return "FAIL"
-    if top >= review_threshold:
+    if top >= review_threshold or not ok.all():
         return "REVIEW"
     return "PASS"
 

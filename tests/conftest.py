@@ -1,5 +1,5 @@
-"""Shared fixtures: one tiny synthetic dataset (96 px) and one tiny trained run (one epoch per stage), built
-once per session so every end-to-end test reuses them (~30 s on 2 cores)."""
+"""Shared fixtures: one tiny synthetic QC dataset (96 px) and one tiny trained QC run (one epoch per stage), built
+once per session so every end-to-end and reliability test reuses them (~30 s on 2 cores)."""
 
 from __future__ import annotations
 

@@ -58,7 +58,10 @@ def test_detector_weights_fine_tune_from_local_file(tiny_run):
 
     pt = tiny_run / "checkpoints" / "detector_best.pt"
     model = build_model(DetectorConfig(), weights=pt)
-    ref = torch.load(pt, map_location="cpu", weights_only=False)["model"].float().state_dict()
+    from ultralytics.nn.tasks import torch_safe_load
+
+    ckpt, _ = torch_safe_load(pt, safe_only=True)
+    ref = (ckpt.get("ema") or ckpt["model"]).float().state_dict()
     got = model.model.state_dict()
     key = next(k for k in ref if k.endswith("conv.weight"))
     assert torch.equal(got[key].float(), ref[key])

@@ -48,7 +48,7 @@ def test_sparse_validation_validates_on_schedule_and_never_keeps_an_unvalidated_
 
     from industrial_qc.config import load_qc_config
     from industrial_qc.detector import train_detector
-    from tests.industrial_qc.conftest import TINY_CONFIG
+    from tests.conftest import TINY_CONFIG
 
     cfg = load_qc_config(TINY_CONFIG, ["detector.epochs=5", "detector.val_every=3", "detector.val_last=2",
                                        "detector.close_mosaic=0"]).detector

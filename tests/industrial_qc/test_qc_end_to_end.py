@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from common.errors import InputError
-from common.rundir import read_run_json
+from common.rundir import model_hashes, read_run_json, update_run_json
 from common.runtime import cpu_bf16_native
 from industrial_qc.cli import app
 from industrial_qc.data import load_dataset, read_image
@@ -88,8 +88,7 @@ def test_fp32_line_classifier_and_train_split_thresholds_on_request(tiny_data, t
 
     from industrial_qc.config import load_qc_config
     from industrial_qc.train import train_run
-
-    from .conftest import TINY_CONFIG
+    from tests.conftest import TINY_CONFIG
 
     run_dir = tmp_path / "fp32"
     run_dir.mkdir()
@@ -405,6 +404,7 @@ def test_a_run_with_an_unknown_verdict_score_is_an_input_error_naming_it(tiny_ru
     run = read_run_json(run_dir)
     line = line_classifier_path(run_dir, run)
     write_metadata(line, {"thresholds": {**run["thresholds"], "score": "max"}})
+    update_run_json(run_dir, model_sha256=model_hashes(run_dir))  # as if training had written it so
     with pytest.raises(InputError, match=rf"{run_dir}: unknown verdict score 'max' .*{line.name}"):
         Pipeline.from_run(run_dir)
 

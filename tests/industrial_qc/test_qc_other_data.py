@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from common.rundir import read_run_json
 from industrial_qc.cli import app
 from industrial_qc.data import load_dataset
-from tests.industrial_qc.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG
 
 runner = CliRunner()
 W, H = 96, 72  # the tiny set's 96-px parts, cut to 72 rows

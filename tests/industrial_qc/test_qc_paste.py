@@ -72,7 +72,7 @@ def test_training_with_paste_copies_defects_into_the_samples(tmp_path, tiny_data
     counts them; training runs through Ultralytics' mosaic with the added labels."""
     from industrial_qc.config import load_qc_config
     from industrial_qc.detector import train_detector
-    from tests.industrial_qc.conftest import TINY_CONFIG
+    from tests.conftest import TINY_CONFIG
 
     cfg = load_qc_config(TINY_CONFIG, ["detector.epochs=1", "detector.paste=1.0"]).detector
     res = train_detector(cfg, tiny_data, tmp_path, threads=2)
@@ -89,7 +89,7 @@ def test_training_with_paste_on_polygon_labels(tmp_path, tiny_data):
 
     from industrial_qc.config import load_qc_config
     from industrial_qc.detector import train_detector
-    from tests.industrial_qc.conftest import TINY_CONFIG
+    from tests.conftest import TINY_CONFIG
 
     data = tmp_path / "poly"
     shutil.copytree(tiny_data.parent, data)
