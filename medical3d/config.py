@@ -10,16 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from common.config import CONFIG_DIR, StrictModel
+from common.config import CONFIG_DIR
+from common.config import StrictModel as _CommonStrictModel
 
 DEFAULT_CONFIG = CONFIG_DIR / "medical3d" / "default.yaml"
 DEMO_CONFIG = CONFIG_DIR / "medical3d" / "demo.yaml"
 
+
+
+class StrictModel(_CommonStrictModel):
+    """Unknown keys rejected (as everywhere) and no NaN/inf floats: the preprocessing section comes back from
+    model.onnx metadata, where a NaN would otherwise pass every check and reach SimpleITK."""
+
+    model_config = ConfigDict(**_CommonStrictModel.model_config, allow_inf_nan=False)
+
+
 Modality = Literal["mri", "ct"]
-Triple = tuple[float, float, float]
-IntTriple = tuple[int, int, int]
+Spacing = Annotated[float, Field(gt=0)]
+Triple = tuple[Spacing, Spacing, Spacing]
+IntTriple = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
 
 
 class ReadConfig(StrictModel):
@@ -67,6 +78,9 @@ class ResampleConfig(StrictModel):
     spacing: Triple = (2.0, 2.0, 2.0)  # mm, x y z of the canonical grid
     interpolator: Literal["linear", "bspline"] = "linear"
     antialias: bool = True  # Gaussian pre-smoothing when the target spacing is coarser than the input
+    # Largest resampled grid: 512^3 float32 is 0.5 GiB a copy; a 500 x 500 x 2000 mm whole-body CT at 2 mm is
+    # 62.5M voxels, so only a wrong header spacing or size comes near it. Runs without the key get this default.
+    max_voxels: int = Field(default=512**3, ge=1)
 
 
 class CropConfig(StrictModel):

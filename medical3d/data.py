@@ -202,7 +202,7 @@ def data_fingerprint(cases: list[Case], cache: PreprocessCache) -> str:
     h = hashlib.sha256()
     for case in sorted(cases, key=lambda c: str(c.path)):
         digest = cache.content_hashes.get(case.path) or (content_hash(case.path) if case.path.exists() else "missing")
-        h.update(f"{case.path.name}|{case.label}|{case.split}|{digest}\n".encode())
+        h.update(os.fsencode(f"{case.path.name}|{case.label}|{case.split}|{digest}\n"))  # any file name
     return h.hexdigest()
 
 

@@ -19,6 +19,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, minutes: float = 
 
     Returns {"run_dir", "results", "metrics"}; everything is written under ``workdir``.
     """
+    from common.results import abs_path
     from common.rundir import read_run_json
     from medical3d.evaluate import evaluate_run
     from medical3d.pipeline import load_medical_config, load_split_cases, train
@@ -44,7 +45,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, minutes: float = 
     test_studies = [str(c.path) for c in cases if c.split == "test"]
     results = workdir / "scores.csv"
     records = score(run_dir, test_studies, results, console=console, run=read_run_json(run_dir))
-    truth = {str(c.path): c.label for c in cases}
+    truth = {abs_path(c.path): c.label for c in cases}  # records name their study by its absolute path
     table = Table(title="held-out studies scored from model.onnx")
     for col in ("study", "true", "verdict", "p(lesion)", "format", "orientation", "N4 s"):
         table.add_column(col)

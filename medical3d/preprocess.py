@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from common.errors import InputError
+from common.results import display_text as shown
 from medical3d.config import CropConfig, IntensityConfig, N4Config, OrientConfig, PreprocessConfig, ResampleConfig
 from medical3d.io import StudyInfo, read_study
 
@@ -143,14 +145,15 @@ def canonical_direction(code: str) -> tuple[float, ...]:
     return tuple(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code))
 
 
-def resample(image: sitk.Image, cfg: ResampleConfig, direction: tuple[float, ...] | None = None
-             ) -> tuple[sitk.Image, ResampleReport]:
+def resample(image: sitk.Image, cfg: ResampleConfig, direction: tuple[float, ...] | None = None,
+             source: str = "image") -> tuple[sitk.Image, ResampleReport]:
     """Resample onto a grid with spacing ``cfg.spacing`` and ``direction`` (default: the image's own) that
     covers the image's whole physical extent.
 
     The grid starts at the extent's lower corner in the output frame, so two copies of a study that cover the
     same physical box (e.g. stored RAS and LPS) get the very same grid. Downsampling is preceded by a
-    Gaussian whose FWHM makes up the spacing difference (anti-aliasing).
+    Gaussian whose FWHM makes up the spacing difference (anti-aliasing). A grid over ``cfg.max_voxels`` is an
+    ``InputError`` naming ``source`` before anything is allocated.
     """
     spacing_out = np.asarray(cfg.spacing, dtype=float)
     d_in = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
@@ -163,7 +166,15 @@ def resample(image: sitk.Image, cfg: ResampleConfig, direction: tuple[float, ...
     phys = origin_in + (corners * spacing_in) @ d_in.T
     q = phys @ d_out  # coordinates along the output axes
     lo, hi = q.min(axis=0), q.max(axis=0)
-    size_out = np.maximum(np.ceil((hi - lo) / spacing_out - 1e-6), 1).astype(int)
+    size_f = np.maximum(np.ceil((hi - lo) / spacing_out - 1e-6), 1)
+    n_out = float(np.prod(size_f))
+    if not np.isfinite(n_out) or n_out > cfg.max_voxels:
+        raise InputError(
+            f"{source}: resampling {'x'.join(str(int(s)) for s in size_in)} voxels at "
+            f"{'x'.join(f'{s:g}' for s in spacing_in)} mm to {'x'.join(f'{s:g}' for s in spacing_out)} mm needs a "
+            f"{'x'.join(f'{s:.0f}' for s in size_f)} grid ({n_out:.3g} voxels), over resample.max_voxels "
+            f"{cfg.max_voxels}")
+    size_out = size_f.astype(int)
     origin_out = d_out @ (lo + spacing_out / 2)
 
     src = sitk.Cast(image, sitk.sitkFloat32)
@@ -275,7 +286,7 @@ def preprocess_image(image: sitk.Image, cfg: PreprocessConfig, info: StudyInfo |
         cv = round(foreground_cv(sitk.Cast(img, sitk.sitkFloat32), mask), 5)
         qa.update({"n4_seconds": None, "bias_min": None, "bias_max": None, "cv_before": cv, "cv_after": cv})
     direction = canonical_direction(cfg.orient.code) if cfg.orient.enabled else None
-    img, _ = resample(img, cfg.resample, direction)
+    img, _ = resample(img, cfg.resample, direction, source=shown(info.source) if info is not None else "image")
     mask = foreground_mask(img)
     img, crop = crop_or_pad(img, cfg.crop, mask)
     if cfg.modality == "ct":

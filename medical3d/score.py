@@ -1,9 +1,12 @@
 """Batch scoring of studies with a run's model.onnx: SimpleITK preprocessing + onnxruntime, no torch.
 
-``vsuite score RUN INPUT... --out FILE`` dispatches here for medical3d runs. A folder holding DICOM files is
-one study; any other folder is searched for studies. Each study becomes one record: label, calibrated
-probabilities, verdict, QA fields, ``status`` and ``reason``. A study that cannot be read or preprocessed is
-an error record; it never stops the batch.
+``vsuite score RUN INPUT... --out FILE`` dispatches here for medical3d runs. Inputs are files, folders and globs
+(``medical3d.io.collect_studies``): a folder holding DICOM files is one study; any other folder is searched for
+studies. Every input ends as at least one record, each study as exactly one: label, calibrated probabilities,
+verdict, QA fields, ``status`` and ``reason``, ``source`` its absolute path. A study that cannot be read,
+preprocessed or run is an error record, whatever the exception; it never stops the batch. The model's metadata is
+validated when the scorer loads: a run that cannot be judged by (NaN threshold, labels that do not fit the model's
+output, ...) refuses to load. A model answer that is not finite is a REVIEW verdict with the reason, never a call.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from rich.console import Console
 from common.errors import InputError
 from common.inference import OnnxModel
 from common.progress import add_task, make_progress, update_rate
+from common.results import abs_path as source_path
+from common.results import display_text as shown
 from common.results import error_record, now_iso, write_records
+from common.rundir import verify_model_file
 from medical3d.config import PreprocessConfig
-from medical3d.io import find_studies, study_id
-from medical3d.verdict import DecisionRule
+from medical3d.io import collect_studies, study_id
+from medical3d.verdict import REVIEW, DecisionRule
 
 QA_FIELDS = ("format", "series_uid", "series_choice", "orientation", "oblique_deg", "original_size",
              "original_spacing", "n4_seconds", "bias_min", "bias_max", "cv_before", "cv_after",
              "foreground_clipped", "preprocess_seconds")
+NON_FINITE = "model output is not finite (NaN or infinite logits): no call can be made, sent to REVIEW"
 
 
 class StudyScorer:
@@ -41,68 +48,96 @@ class StudyScorer:
             self.preprocess = PreprocessConfig.model_validate(meta["preprocessing"])
         except ValidationError as exc:
             raise InputError(f"{model_path}: preprocessing metadata does not validate ({exc})") from None
-        self.rule = DecisionRule.from_metadata(meta)
+        self.rule = DecisionRule.from_metadata(meta, source=f"{model_path} metadata")
+        check_model_shapes(self.model, self.rule, self.preprocess)
 
     def score_study(self, path: Path) -> dict:
+        """One record for the study at ``path``; any failure is an error record naming it and what went wrong."""
         from medical3d.preprocess import preprocess_study
 
         t0 = time.perf_counter()
+        source, name = source_path(path), study_id(Path(path))
+        stage = "preprocessing"
         try:
             result = preprocess_study(path, self.preprocess)
+            stage = "inference"
+            t_inf = time.perf_counter()
+            logits = self.model.run(result.array()[None])
+            inference_ms = (time.perf_counter() - t_inf) * 1000
+            probs = self.rule.probabilities(logits)[0]
         except InputError as exc:
-            return error_record(str(path), str(exc), study=study_id(path))
-        except RuntimeError as exc:  # SimpleITK filter failure on a pathological volume
-            return error_record(str(path), f"{path}: preprocessing failed ({exc})", study=study_id(path))
-        t_inf = time.perf_counter()
-        logits = self.model.run(result.array()[None])
-        inference_ms = (time.perf_counter() - t_inf) * 1000
-        probs = self.rule.probabilities(logits)[0]
-        record = {
-            "source": str(path),
-            "study": study_id(path),
+            return error_record(source, str(exc), study=name)
+        except Exception as exc:  # one hostile study (SimpleITK, MemoryError, onnxruntime, ...) never ends the batch
+            return error_record(source, f"{shown(path)}: {stage} failed ({type(exc).__name__}: {exc})", study=name)
+        finite = bool(np.isfinite(probs).all())
+        return {
+            "source": source,
+            "study": name,
             "status": "ok",
-            "reason": None,
+            "reason": None if finite else NON_FINITE,
             "label": self.rule.predicted_labels(probs[None])[0],
-            "verdict": self.rule.verdicts(probs[None])[0],
-            "score": float(probs[self.rule.positive_index]),
-            "probabilities": {name: float(p) for name, p in zip(self.rule.labels, probs, strict=True)},
+            "verdict": self.rule.verdicts(probs[None])[0] if finite else REVIEW,
+            "score": float(probs[self.rule.positive_index]) if finite else None,
+            "probabilities": ({label: float(p) for label, p in zip(self.rule.labels, probs, strict=True)}
+                              if finite else None),
             "threshold": self.rule.threshold,
             **{k: result.qa.get(k) for k in QA_FIELDS},
             "inference_ms": round(inference_ms, 2),
             "seconds": round(time.perf_counter() - t0, 3),
             "timestamp": now_iso(),
         }
-        return record
 
     def predict_array(self, x: np.ndarray) -> np.ndarray:
         """(B, 1, D, H, W) preprocessed volumes -> (B, C) calibrated probabilities."""
         return self.rule.probabilities(self.model.run(x))
 
 
+def check_model_shapes(model: OnnxModel, rule: DecisionRule, prep: PreprocessConfig) -> None:
+    """Refuse a model whose output is not (batch, len(labels)) or whose input is not the preprocessed volume
+    (1 channel, crop size z y x). Symbolic (named) dimensions are not checked."""
+    out_shape = list(model.session.get_outputs()[0].shape or [])
+    if out_shape and (len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(rule.labels))):
+        raise InputError(f"{model.path}: output shape {out_shape} does not fit {len(rule.labels)} labels "
+                         f"{rule.labels} (expected [batch, {len(rule.labels)}])")
+    want = [1, *reversed(prep.crop.size)]
+    in_shape = list(model.input_shape or [])
+    fits = len(in_shape) == 5 and all(not isinstance(d, int) or d == w for d, w in zip(in_shape[1:], want, strict=True))
+    if in_shape and not fits:
+        raise InputError(f"{model.path}: input shape {in_shape} does not fit the preprocessing (expected "
+                         f"[batch, {', '.join(map(str, want))}] from preprocessing.crop.size {list(prep.crop.size)})")
+
+
 def score(run_dir: Path, inputs: list[str], out: Path, *, console: Console | None = None, run: dict | None = None
           ) -> list[dict]:
-    """Score every study under ``inputs`` with ``run_dir/model.onnx``; write ``out`` (.csv/.parquet/.jsonl)."""
+    """Score every study under ``inputs`` with ``run_dir/model.onnx``; write ``out`` (.csv/.parquet/.jsonl).
+
+    One record per study found, plus one error record per input that yields none (missing, empty folder, glob
+    matching nothing)."""
     console = console or Console()
     run = run or {}
     model_path = Path(run_dir) / str(run.get("model", "model.onnx"))
+    verify_model_file(run, model_path)
     scorer = StudyScorer(model_path)
     threads = (run.get("config") or {}).get("runtime", {}).get("threads")
     from medical3d.preprocess import set_threads
 
     set_threads(threads)
-    studies = find_studies(inputs)
+    items = collect_studies(inputs)
     records: list[dict] = []
     progress = make_progress(console)
     with progress:
-        task = add_task(progress, "score studies", total=len(studies))
-        for path in studies:
-            rec = scorer.score_study(path)
+        task = add_task(progress, "score studies", total=len(items))
+        for item in items:
+            if item.error is not None:
+                rec = error_record(source_path(item.path), item.error, study=study_id(item.path))
+            else:
+                rec = scorer.score_study(item.path)
             rec["run_id"] = run.get("run_id")
             records.append(rec)
             info = rec["verdict"] if rec["status"] == "ok" else "[red]error[/]"
-            progress.update(task, advance=1, info=f"{study_id(path)}: {info}")
+            progress.update(task, advance=1, info=f"{shown(rec['study'])}: {info}")
             update_rate(progress, task, "study")
-    if not studies:
-        records.append(error_record(", ".join(inputs), "no studies found (volume files or DICOM series folders)"))
+    if not items:
+        records.append(error_record(", ".join(map(shown, inputs)), "no inputs given"))
     write_records(records, out)
     return records

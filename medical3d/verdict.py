@@ -6,6 +6,9 @@ Binary runs: ``positive`` when p(positive) >= the band's upper edge, ``negative`
 at or below a validation negative that sits under the threshold is not uncertain, nor one at or above a validation
 positive over it. With more than two classes the verdict is the top label, or REVIEW when the top probability is
 below ``1 - review_band``.
+
+Fail safe: a rule read back from metadata is validated (``from_metadata``), and a study whose probabilities are not
+finite (NaN/inf logits) is REVIEW, with no predicted label: the model gave no answer to judge.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import InputError
 from common.metrics import softmax
 
 POSITIVE, NEGATIVE, REVIEW = "positive", "negative", "REVIEW"
@@ -42,14 +46,48 @@ class DecisionRule:
         return self.labels.index(self.positive_label)
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> DecisionRule:
-        """Read the rule back from model.onnx metadata (or run.json ``decision``)."""
-        labels = list(meta["labels"])
-        return cls(labels=labels, positive_label=meta.get("positive_label", labels[-1]),
-                   threshold=float(meta.get("threshold", 0.5)), review_band=float(meta.get("review_band", 0.0)),
-                   temperature=float(meta.get("temperature", 1.0)),
-                   bias=[float(b) for b in meta["bias"]] if meta.get("bias") is not None else None,
-                   review_low=_opt_float(meta.get("review_low")), review_high=_opt_float(meta.get("review_high")))
+    def from_metadata(cls, meta: dict, source: str = "metadata") -> DecisionRule:
+        """Read the rule back from model.onnx metadata (or run.json ``decision``) and validate it.
+
+        Absent keys take the defaults older runs relied on; present ones must make sense, or an ``InputError``
+        names ``source`` and the key: labels a list of >= 2 unique strings, positive_label one of them, threshold
+        and the band edges finite in [0, 1] with review_low <= threshold <= review_high, review_band finite in
+        [0, 1], temperature finite > 0, bias one finite number per label.
+        """
+        labels = meta.get("labels")
+        if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels)
+                or len(set(labels)) != len(labels)):
+            raise InputError(f"{source}: labels {labels!r} must be a list of at least 2 unique non-empty strings")
+        positive = meta.get("positive_label", labels[-1])
+        if positive not in labels:
+            raise InputError(f"{source}: positive_label {positive!r} is not one of the labels {labels}")
+
+        def number(key: str, default: float | None, lo: float, hi: float = 1.0, *, above: bool = False
+                   ) -> float | None:
+            """meta[key] (``default`` when absent) as a finite float in [lo, hi] ((lo, hi] when ``above``)."""
+            v = meta.get(key, default)
+            if v is None and default is None:
+                return None
+            if (not isinstance(v, int | float) or isinstance(v, bool) or not np.isfinite(v) or v > hi
+                    or v < lo or (above and v == lo)):
+                raise InputError(f"{source}: {key} {v!r} must be a finite number "
+                                 + (f"> {lo:g}" if above else f"in [{lo:g}, {hi:g}]"))
+            return float(v)
+
+        bias = meta.get("bias")
+        if bias is not None and (not isinstance(bias, list) or len(bias) != len(labels) or not all(
+                isinstance(b, int | float) and not isinstance(b, bool) and np.isfinite(b) for b in bias)):
+            raise InputError(f"{source}: bias {bias!r} must be {len(labels)} finite numbers, one per label")
+        rule = cls(labels=list(labels), positive_label=positive, threshold=number("threshold", 0.5, 0),
+                   review_band=number("review_band", 0.0, 0), temperature=number("temperature", 1.0, 0, np.inf,
+                                                                                 above=True),
+                   bias=[float(b) for b in bias] if bias is not None else None,
+                   review_low=number("review_low", None, 0), review_high=number("review_high", None, 0))
+        low, high = rule.band
+        if not low <= rule.threshold <= high:
+            raise InputError(f"{source}: the REVIEW band [{low:g}, {high:g}] (review_low, review_high) must hold the "
+                             f"threshold {rule.threshold:g}")
+        return rule
 
     def to_dict(self) -> dict:
         return {"labels": self.labels, "positive_label": self.positive_label, "threshold": self.threshold,
@@ -57,39 +95,42 @@ class DecisionRule:
                 "review_low": self.review_low, "review_high": self.review_high}
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """(N, C) logits -> (N, C) calibrated probabilities, ``softmax(logits / T + bias)``."""
-        z = np.asarray(logits, dtype=np.float64)
+        """(N, C) logits -> (N, C) calibrated probabilities, ``softmax(logits / T + bias)``. A row with any NaN or
+        infinite logit comes out all NaN (``verdicts`` makes it REVIEW): even a lone -inf, which softmax would turn
+        into a confident answer, says the model is broken for that input."""
+        z = np.array(logits, dtype=np.float64)  # a copy: non-finite rows are blanked below
         if self.bias is not None:
             z = z + np.asarray(self.bias, dtype=np.float64) * self.temperature
-        return softmax(z, self.temperature)
+        z[~np.isfinite(z).all(axis=-1)] = np.nan
+        with np.errstate(invalid="ignore"):
+            return softmax(z, self.temperature)
 
     def verdicts(self, probs: np.ndarray) -> list[str]:
-        """One verdict per row of calibrated probabilities (N, C)."""
+        """One verdict per row of calibrated probabilities (N, C); REVIEW for a row that is not all finite."""
         probs = np.atleast_2d(probs)
+        finite = np.isfinite(probs).all(axis=1)
         if len(self.labels) == 2:
-            p = probs[:, self.positive_index]
             low, high = self.band
             out = []
-            for v in p:
-                if v >= high:
+            for v, ok in zip(probs[:, self.positive_index], finite, strict=True):
+                if not ok:
+                    out.append(REVIEW)
+                elif v >= high:
                     out.append(POSITIVE)
                 elif v < low:
                     out.append(NEGATIVE)
                 else:
                     out.append(REVIEW)
             return out
-        top = probs.max(axis=1)
-        return [self.labels[int(i)] if t >= 1.0 - self.review_band else REVIEW
-                for i, t in zip(probs.argmax(axis=1), top, strict=True)]
+        return [self.labels[int(np.argmax(row))] if ok and row.max() >= 1.0 - self.review_band else REVIEW
+                for row, ok in zip(probs, finite, strict=True)]
 
-    def predicted_labels(self, probs: np.ndarray) -> list[str]:
-        """The label a study is called by the threshold alone (no REVIEW band)."""
+    def predicted_labels(self, probs: np.ndarray) -> list[str | None]:
+        """The label a study is called by the threshold alone (no REVIEW band); None for a non-finite row."""
         probs = np.atleast_2d(probs)
+        finite = np.isfinite(probs).all(axis=1)
         if len(self.labels) == 2:
             neg = self.labels[1 - self.positive_index]
-            return [self.positive_label if v >= self.threshold else neg for v in probs[:, self.positive_index]]
-        return [self.labels[int(i)] for i in probs.argmax(axis=1)]
-
-
-def _opt_float(v: object) -> float | None:
-    return None if v is None else float(v)
+            return [None if not ok else self.positive_label if v >= self.threshold else neg
+                    for v, ok in zip(probs[:, self.positive_index], finite, strict=True)]
+        return [self.labels[int(np.argmax(row))] if ok else None for row, ok in zip(probs, finite, strict=True)]
