@@ -10,7 +10,7 @@ import cv2
 import streamlit as st
 
 from apps import med_data, med_view
-from apps.ui import mtime
+from apps.ui import md, mtime
 from common.errors import InputError
 
 VIEWS = ("Original", "N4-corrected", "Bias field", "Preprocessed")
@@ -31,7 +31,15 @@ def volume(path: Path) -> med_view.Volume:
 
 
 def _artifact(ctx: dict, s: dict, name: str) -> Path | None:
-    return med_data.find_artifact(s, name, ctx["results_dir"], ctx["run_dir"])
+    """The study's ``name`` volume when there is one inside the folders the app may read (else None, said)."""
+    path = med_data.find_artifact(s, name, ctx["results_dir"], ctx["run_dir"])
+    if path is None:
+        return None
+    try:
+        return ctx["roots"].readable(path)
+    except InputError as exc:
+        st.warning(md(exc))
+        return None
 
 
 def viewer(ctx: dict, s: dict) -> None:
@@ -46,9 +54,9 @@ def viewer(ctx: dict, s: dict) -> None:
     alpha = c4.slider("Grad-CAM opacity", 0.0, 1.0, 0.4, 0.05, key=f"{key}_alpha", disabled=not show_cam)
     rdir = ctx["results_dir"]
     try:
-        original = volume(med_data.resolve_path(s["source"], rdir))
+        original = volume(ctx["roots"].readable(med_data.resolve_path(s["source"], rdir)))
     except InputError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     base, colormap = original, None
     bias_path = _artifact(ctx, s, "bias_field")
@@ -60,7 +68,7 @@ def viewer(ctx: dict, s: dict) -> None:
             try:
                 bias_img = _raw_image(str(bias_path), mtime(bias_path))
             except InputError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
         else:
             bias_img = st.session_state.get(f"{key}_n4")
             if bias_img is None:
@@ -82,14 +90,14 @@ def viewer(ctx: dict, s: dict) -> None:
             try:
                 base = volume(prep)
             except InputError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
     cam = None
     cam_path = _artifact(ctx, s, "gradcam")
     if show_cam and cam_path is not None:
         try:
             cam = med_view.resample_onto(_raw_image(str(cam_path), mtime(cam_path)), base.image)
         except InputError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
     elif show_cam:
         st.caption("no Grad-CAM map for this study")
     lo, hi = med_view.window_range(preset, base.array)
@@ -117,10 +125,10 @@ def compute_n4(ctx: dict, original: med_view.Volume, key: str):
         from medical3d.config import N4Config
         from medical3d.preprocess import n4_correct
     except Exception as exc:
-        st.error(f"N4 is not available here: {type(exc).__name__}: {exc}")
+        st.error(md(f"N4 is not available here: {type(exc).__name__}: {exc}"))
         return None
-    md = ctx["model_md"]
-    pre = md.get("preprocess") or md.get("preprocessing") or {}
+    meta = ctx["model_md"]
+    pre = meta.get("preprocess") or meta.get("preprocessing") or {}
     try:
         cfg = N4Config.model_validate(pre.get("n4", {})) if isinstance(pre, dict) else N4Config()
     except Exception:
@@ -129,7 +137,7 @@ def compute_n4(ctx: dict, original: med_view.Volume, key: str):
         with st.spinner("N4 bias correction..."):
             _, bias, _ = n4_correct(original.image, cfg)
     except (RuntimeError, ValueError) as exc:
-        st.error(f"N4 failed on this study: {exc}")
+        st.error(md(f"N4 failed on this study: {exc}"))
         return None
     st.session_state[f"{key}_n4"] = bias
     return bias

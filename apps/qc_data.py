@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from apps.roots import Roots
+from apps.safe_export import plan_folder, staged_folder
 from common.errors import InputError
 from common.results import decode_nested, read_records
 
@@ -232,18 +234,6 @@ def reviewed_boxes(review: dict) -> list[tuple[str, list[float]]]:
     return out
 
 
-def _prepare_export_dir(out_dir: Path) -> None:
-    """An empty or new folder, or a previous export (has data.yaml) whose images/labels are replaced."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not (out_dir / "data.yaml").is_file():
-            raise InputError(f"{out_dir}: folder is not empty and holds no previous export (data.yaml); "
-                             "choose a new folder")
-        for sub in ("images", "labels"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
-
-
 @dataclass
 class YoloExport:
     out_dir: Path
@@ -252,23 +242,38 @@ class YoloExport:
     good: int = 0
     skipped: list[str] = field(default_factory=list)  # "file: why"
     names: list[str] = field(default_factory=list)
+    replaced: bool = False  # a previous export of the suite was replaced
 
 
 def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[str], out_dir: Path | str,
-                results_dir: Path | None = None, val_every: int = 5) -> YoloExport:
+                results_dir: Path | None = None, val_every: int = 5, *, replace: bool = False,
+                roots: Roots | None = None, meta: dict | None = None) -> YoloExport:
     """Reviewed parts as an Ultralytics dataset: ``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``.
 
     A part FAILed with confirmed defects gets their (relabelled) boxes; a part reviewed PASS with no confirmed
     defect is a good part (image, no label file). A part reviewed FAIL whose defects were all rejected has a
     defect nobody boxed: it is skipped and listed, since exporting it as good would teach the model to miss it.
     Every ``val_every``-th exported image goes to val (at least one when there are two or more).
+
+    ``out_dir`` is new, empty, or the suite's own previous YOLO export, which is replaced only with ``replace``
+    (``apps.safe_export``: anything else is refused with an InputError before a file is touched). The dataset is
+    built next to it and moved into place. ``roots``: images outside its read roots are skipped and listed.
+    ``meta`` goes into the export's marker (app, run, who).
     """
+    out = YoloExport(Path(out_dir))
+    plan = plan_folder(out.out_dir, kind="yolo", replace=replace)
+    out.replaced = plan.mode == "replace"
+    with staged_folder(plan, kind="yolo", meta=meta) as stage:
+        _write_yolo(out, stage, parts, latest, class_names, results_dir, val_every, roots)
+    return out
+
+
+def _write_yolo(out: YoloExport, stage: Path, parts: list[dict], latest: dict[str, dict], class_names: list[str],
+                results_dir: Path | None, val_every: int, roots: Roots | None) -> None:
     import yaml
 
     from industrial_qc.data import image_size
 
-    out = YoloExport(Path(out_dir))
-    _prepare_export_dir(out.out_dir)
     names = [n for n in class_names if n != "background"]
     chosen = []
     newest = {p["item"]: p for p in parts}  # a file inspected twice: its latest record
@@ -281,6 +286,12 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
             out.skipped.append(f"{p['file']}: reviewed FAIL but no confirmed box (needs annotation)")
             continue
         src = resolve_file(p["file"], results_dir)
+        if roots is not None:
+            try:
+                src = roots.readable(src)
+            except InputError:
+                out.skipped.append(f"{p['file']}: outside the folders this app may read (--data-root)")
+                continue
         if not src.is_file():
             out.skipped.append(f"{p['file']}: image not found")
             continue
@@ -301,7 +312,7 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
                 out.skipped.append(f"{p['file']}: unreadable image")
                 continue
         stem = f"{i:05d}_{src.stem}"
-        img_dir, lbl_dir = out.out_dir / "images" / split, out.out_dir / "labels" / split
+        img_dir, lbl_dir = stage / "images" / split, stage / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, img_dir / f"{stem}{src.suffix.lower()}")
@@ -318,9 +329,7 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
             out.good += 1
         out.images += 1
     out.names = names
-    has_val = (out.out_dir / "images" / "val").is_dir()
+    has_val = (stage / "images" / "val").is_dir()
     data = {"path": str(out.out_dir.resolve()), "train": "images/train",
             "val": "images/val" if has_val else "images/train", "names": dict(enumerate(names))}
-    out.out_dir.mkdir(parents=True, exist_ok=True)
-    (out.out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return out
+    (stage / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -1,13 +1,16 @@
-"""Factory operator review app: ``vsuite app qc RUN --results results.jsonl [--db URL]``.
+"""Factory operator review app: ``vsuite app qc RUN --results results.jsonl [--db URL] [--export-root DIR]
+[--data-root DIR]``.
 
 Sidebar filters -> parts table -> part view (class-coloured boxes, crops with the classifier's probabilities,
 verdict badge) -> decision form (confirm/reject and relabel each defect, part verdict) saved to the review store.
 KPIs, measured escape / false-reject rates against reviewed truth, YOLO export of reviewed parts, audit.
-No torch: images with OpenCV, the classifier with onnxruntime.
+No torch: images with OpenCV, the classifier with onnxruntime. Login, allowed folders and escaping: ``apps.login``,
+``apps.roots``, ``apps.ui.md``.
 """
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, timedelta
 from pathlib import Path
 
@@ -15,16 +18,22 @@ import pandas as pd
 import streamlit as st
 
 from apps import qc_data
+from apps.login import audit_login, require_login
 from apps.qc_draw import ClassifierView, class_colour, draw_defects, hex_colour, part_crops, read_image
+from apps.roots import Roots
+from apps.safe_export import ExportRefused
 from apps.ui import (
     Sources,
+    audited_download,
     get_store,
     item_picker,
     load_results_or_stop,
     load_run,
+    md,
     mtime,
     page_args,
     reviewer_name,
+    show_refusal,
     sources_sidebar,
     store_label,
     verdict_badge,
@@ -57,8 +66,8 @@ def load_models(run_dir: Path | None, run: dict | None = None) -> tuple[Classifi
     if missing:
         return None, (f"{run_dir}: run has no {' or '.join(missing)}; showing the probabilities stored in the "
                       "results (crop re-classification is off)")
-    path = run_dir / line_classifier
     try:
+        path = Roots.from_launch(run_dir, None).readable(run_dir / line_classifier)  # run.json names a file in it
         return _classifier(str(path), mtime(path)), None
     except InputError as exc:
         return None, f"{exc}; showing the probabilities stored in the results"
@@ -122,21 +131,20 @@ def part_view(ctx: dict, item: str, items: list[str]) -> None:
     img = None
     with left:
         verdict_badge(part["verdict"])
-        st.markdown(f"**{part['file']}**  \n{part['timestamp'] or 'no timestamp'}"
+        st.markdown(f"**{md(part['file'])}**  \n{md(part['timestamp'] or 'no timestamp')}"
                     + (f" · {part['latency_ms']:.0f} ms" if isinstance(part["latency_ms"], int | float) else "")
                     + f" · top defect score {part['max_defect_score']:.2f}"
                     + f" (probability {part['max_defect_prob']:.2f})")
         if part["status"] != "ok":
-            st.error(f"{part['file']}: the line could not inspect this part: {part['reason'] or 'unknown error'}")
+            st.error(md(f"{part['file']}: the line could not inspect this part: {part['reason'] or 'unknown error'}"))
         else:
             try:
-                img = read_image(qc_data.resolve_file(part["file"], ctx["results_dir"]))
+                img = read_image(ctx["roots"].readable(qc_data.resolve_file(part["file"], ctx["results_dir"])))
             except InputError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
         if img is not None:
             st.image(draw_defects(img, part["defects"], names), width="stretch")
-            legend = " ".join(f"<span style='color:{hex_colour(class_colour(n, names))}'>■ {n}</span>" for n in names)
-            st.markdown(legend, unsafe_allow_html=True)
+            st.markdown(legend_html(names), unsafe_allow_html=True)
     with right:
         crops_panel(ctx, part, img)
     decision_form(ctx, part, items)
@@ -151,6 +159,12 @@ def part_view(ctx: dict, item: str, items: list[str]) -> None:
                 st.caption("not reviewed yet")
 
 
+def legend_html(names: list[str]) -> str:
+    """The class colour legend; class names come from data, so they are HTML-escaped (the colours are ours)."""
+    return " ".join(f"<span style='color:{hex_colour(class_colour(n, names))}'>■ {html.escape(str(n))}</span>"
+                    for n in names)
+
+
 def crops_panel(ctx: dict, part: dict, img) -> None:
     defects = part["defects"]
     st.subheader(f"Defects ({len(defects)})")
@@ -163,22 +177,22 @@ def crops_panel(ctx: dict, part: dict, img) -> None:
         try:
             crops, probs = part_crops(img, defects, ctx["clf"])
         except Exception as exc:  # a model that does not fit the image must not take the page down
-            st.error(f"classifier on crops failed: {type(exc).__name__}: {exc}")
+            st.error(md(f"classifier on crops failed: {type(exc).__name__}: {exc}"))
             crops, probs = part_crops(img, defects, None)
     for i, d in enumerate(defects):
         c_img, c_txt = st.columns([1, 2])
         if i < len(crops):
             c_img.image(crops[i], width=112)
-        det = f"detector {d['det_class']} {d['det_conf']:.2f}" if d["det_conf"] is not None else "detector -"
-        cls = f"classifier {d['cls_class']} {d['cls_prob']:.2f}" if d["cls_prob"] is not None else "classifier -"
+        det = f"detector {md(d['det_class'])} {d['det_conf']:.2f}" if d["det_conf"] is not None else "detector -"
+        cls = f"classifier {md(d['cls_class'])} {d['cls_prob']:.2f}" if d["cls_prob"] is not None else "classifier -"
         name_p = d["class_prob"] if d["class_prob"] is not None else d["defect_prob"]
-        level = f" · {d['level'].upper()} level" if d.get("level") else ""
-        c_txt.markdown(f"**#{i} {d['class']}** {name_p:.2f}  \n{cls} · {det} · defect p {d['defect_prob']:.2f}"
-                       f" · score {d['defect_score']:.2f}{level}")
+        level = f" · {md(d['level'].upper())} level" if d.get("level") else ""
+        c_txt.markdown(f"**#{i} {md(d['class'])}** {name_p:.2f}  \n{cls} · {det} · defect p "
+                       f"{d['defect_prob']:.2f} · score {d['defect_score']:.2f}{level}")
         if probs is not None and i < len(probs):
             labels = ctx["clf"].labels
             top = sorted(zip(labels, probs[i], strict=False), key=lambda t: -t[1])[:4]
-            c_txt.caption("classifier: " + ", ".join(f"{n} {p:.2f}" for n, p in top))
+            c_txt.caption("classifier: " + ", ".join(f"{md(n)} {p:.2f}" for n, p in top))
 
 
 def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
@@ -189,8 +203,8 @@ def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
         actions = []
         for i, d in enumerate(part["defects"]):
             c1, c2 = st.columns([2, 2])
-            act = c1.radio(f"#{i} {d['class']} {d['defect_prob']:.2f}", ["confirm", "reject"], horizontal=True,
-                           key=f"qc_act_{idx}_{i}")
+            act = c1.radio(f"#{i} {md(d['class'])} {d['defect_prob']:.2f}", ["confirm", "reject"],
+                           horizontal=True, key=f"qc_act_{idx}_{i}")
             opts = names if d["class"] in names else [*names, d["class"]]
             lab = c2.selectbox(f"#{i} class", opts, index=opts.index(d["class"]), key=f"qc_lbl_{idx}_{i}")
             actions.append((d, act, lab))
@@ -219,9 +233,9 @@ def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
         rid = store.record_decision(app=APP, run_id=ctx["run_id"], item=part["item"], reviewer=ctx["reviewer"],
                                     decision=final, note=note, details=details, record=part["raw"])
     except Exception as exc:
-        st.error(f"decision not saved: {type(exc).__name__}: {exc}")
+        st.error(md(f"decision not saved: {type(exc).__name__}: {exc}"))
         return
-    st.session_state["qc_flash"] = f"Saved review #{rid}: {Path(part['file']).name} → {final}"
+    st.session_state["qc_flash"] = f"Saved review #{rid}: {md(Path(part['file']).name)} → {final}"
     if advance and len(items) > 1:
         i = items.index(part["item"]) if part["item"] in items else 0
         st.session_state["qc_part_next"] = items[(i + 1) % len(items)]
@@ -263,30 +277,45 @@ def kpi_tab(df: pd.DataFrame) -> None:
 
 def export_tab(ctx: dict) -> None:
     store: Store | None = ctx["store"]
+    roots: Roots = ctx["roots"]
     st.subheader("Reviewed parts as a YOLO dataset")
-    default = str((ctx["results_dir"] or Path(".")) / "reviewed_yolo")
+    st.caption(f"Written under {md(roots.export or '-')} (the export root, fixed at launch). A folder the suite "
+               "did not create is never changed; its own previous export is replaced only when you tick the box.")
     with st.form("qc_export"):
-        out = st.text_input("Output folder", value=default, key="qc_export_dir")
+        name = st.text_input("Folder (under the export root)", value="reviewed_yolo", key="qc_export_dir")
+        replace = st.checkbox("Replace the previous export", value=False, key="qc_export_replace")
         go = st.form_submit_button("Export YOLO dataset")
     if go:
-        if store is None:
-            st.error("no review database: nothing to export")
-        else:
-            latest = store.latest_decisions(app=APP, run_id=ctx["run_id"])
-            try:
-                res = qc_data.export_yolo(ctx["parts"], latest, ctx["names"], Path(out), ctx["results_dir"])
-            except (InputError, OSError) as exc:
-                st.error(f"export failed: {exc}")
-            else:
-                store.log(actor=ctx["reviewer"] or "unknown", action="export.yolo", app=APP, run_id=ctx["run_id"],
-                          detail={"out": str(res.out_dir), "images": res.images, "boxes": res.boxes})
-                st.success(f"Exported {res.images} images ({res.boxes} boxes, {res.good} good parts) to "
-                           f"{res.out_dir} (data.yaml, classes {', '.join(res.names)})")
-                for s in res.skipped:
-                    st.warning(s)
+        export_yolo(ctx, name, replace)
     if store is not None:
-        st.download_button("Download all reviews (CSV)", store.export_csv(app=APP, run_id=ctx["run_id"]),
-                           file_name="qc_reviews.csv", mime="text/csv")
+        audited_download("Download all reviews (CSV)", store, app=APP, run_id=ctx["run_id"],
+                         actor=ctx["reviewer"], file_name="qc_reviews.csv", key="qc_download_csv")
+
+
+def export_yolo(ctx: dict, name: str, replace: bool) -> None:
+    store: Store | None = ctx["store"]
+    if store is None:
+        st.error("no review database: nothing to export")
+        return
+    actor = ctx["reviewer"] or "unknown"
+    try:
+        target = ctx["roots"].export_target(name)
+        latest = store.latest_decisions(app=APP, run_id=ctx["run_id"])
+        res = qc_data.export_yolo(ctx["parts"], latest, ctx["names"], target, ctx["results_dir"], replace=replace,
+                                  roots=ctx["roots"], meta={"app": APP, "run_id": ctx["run_id"], "actor": actor})
+    except ExportRefused as exc:
+        show_refusal(exc)
+        return
+    except (InputError, OSError) as exc:
+        st.error(md(f"export failed: {exc}"))
+        return
+    store.log(actor=actor, action="export.yolo", app=APP, run_id=ctx["run_id"],
+              detail={"out": str(res.out_dir), "images": res.images, "boxes": res.boxes, "replaced": res.replaced})
+    st.success(f"Exported {res.images} images ({res.boxes} boxes, {res.good} good parts) to {md(res.out_dir)} "
+               f"(data.yaml, classes {md(', '.join(res.names))})" + (", replacing the previous export"
+                                                                       if res.replaced else ""))
+    for s in res.skipped:
+        st.warning(md(s))
 
 
 def audit_tab(ctx: dict) -> None:
@@ -309,26 +338,28 @@ def audit_tab(ctx: dict) -> None:
 def main() -> None:
     st.set_page_config(page_title="QC review", layout="wide")
     st.title("Factory QC review")
+    identity = require_login(APP)  # stops the page until someone is logged in, where a login is needed
     args, arg_err = page_args()
     if arg_err:
-        st.error(arg_err)
+        st.error(md(arg_err))
     src: Sources = sources_sidebar(args, APP)
-    reviewer = reviewer_name("qc_reviewer")
+    reviewer = reviewer_name("qc_reviewer", identity)
     run, run_err = load_run(src.run_dir, "industrial_qc")
     if run_err:
-        st.error(run_err)
+        st.error(md(run_err))
     clf, model_err = load_models(src.run_dir, run) if run is not None else (None, None)
     if model_err:
-        st.error(model_err)
+        st.error(md(model_err))
     parts = load_results_or_stop(src.results, lambda: _load_parts(str(src.results), mtime(src.results)),
                                  "vsuite app qc RUN --results results.jsonl")
     store, store_err = get_store(src)
     if store_err:
-        st.error(store_err)
+        st.error(md(store_err))
+    audit_login(store, APP)
     run_id = (run or {}).get("run_id") or next((p["run_id"] for p in parts if p["run_id"]), None) or "unknown"
     other = sorted({str(p["run_id"]) for p in parts if p["run_id"] and p["run_id"] != run_id})
     if other:
-        st.warning(f"some results come from other runs ({', '.join(other)}); reviews are filed under {run_id}")
+        st.warning(md(f"some results come from other runs ({', '.join(other)}); reviews are filed under {run_id}"))
     names = class_names(run, parts)
     latest = store.latest_decisions(app=APP, run_id=run_id) if store is not None else {}
     df = qc_data.parts_frame(parts, latest)
@@ -337,9 +368,9 @@ def main() -> None:
     for p in parts:
         by_item[p["item"]] = p  # a file inspected twice: the latest record
     ctx = {"run": run, "run_id": run_id, "parts": parts, "by_item": by_item, "df": df, "names": names, "clf": clf,
-           "store": store, "reviewer": reviewer, "results_dir": src.results.resolve().parent}
-    st.caption(f"run {run_id} · {len(parts)} records from {src.results} · reviews in "
-               f"{store_label(store)}")
+           "store": store, "reviewer": reviewer, "results_dir": src.results.resolve().parent, "roots": src.roots}
+    st.caption(f"run {md(run_id)} · {len(parts)} records from {md(src.results)} · reviews in "
+               f"{md(store_label(store))}")
     tabs = st.tabs(["Parts", "KPIs", "Export", "Audit"])
     with tabs[0]:
         parts_tab(ctx, view)

@@ -1,28 +1,36 @@
-"""Radiologist dashboard: ``vsuite app med RUN --results results.csv [--db URL]``.
+"""Radiologist dashboard: ``vsuite app med RUN --results results.csv [--db URL] [--export-root DIR]
+[--data-root DIR]``.
 
 Worklist by priority (positive and REVIEW first, then by probability) with review status -> study view
 (axial / coronal / sagittal slices with sliders, window/level presets, original vs N4-corrected, bias field,
 Grad-CAM overlay with opacity, label, calibrated probabilities, QA record) -> sign-off saved to the review
-store; audit view; sign-offs as CSV. Volumes with SimpleITK, no torch.
+store; audit view; sign-offs as CSV. Volumes with SimpleITK, no torch. Login, allowed folders and escaping:
+``apps.login``, ``apps.roots``, ``apps.ui.md``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from apps import med_data
+from apps import med_data, safe_export
+from apps.login import audit_login, require_login
 from apps.med_viewer import viewer
 from apps.ui import (
     Sources,
+    audited_download,
     get_store,
     item_picker,
     load_results_or_stop,
     load_run,
+    md,
     mtime,
     page_args,
+    show_refusal,
     sources_sidebar,
     store_label,
     verdict_badge,
@@ -93,16 +101,17 @@ def worklist_tab(ctx: dict, wl: pd.DataFrame) -> None:
 def study_view(ctx: dict, s: dict, items: list[str]) -> None:
     head, probs_col = st.columns([2, 3])
     with head:
-        st.subheader(s["study"])
+        st.subheader(md(s["study"]))
         verdict_badge(s["verdict"])
-        st.markdown(f"predicted **{s['label'] or '-'}**"
-                    + (f" · p({ctx['pos']}) **{s['p_positive']:.3f}**" if s["p_positive"] is not None else ""))
-        md = ctx["model_md"]
-        if md:
-            st.caption(" · ".join(f"{k} {_num(md[k])}" for k in ("threshold", "review_low", "review_high",
-                                                                  "review_band", "temperature")
-                                  if md.get(k) is not None))
-        st.caption(s["source"])
+        st.markdown(f"predicted **{md(s['label'] or '-')}**"
+                    + (f" · p({md(ctx['pos'])}) **{s['p_positive']:.3f}**" if s["p_positive"] is not None
+                       else ""))
+        meta = ctx["model_md"]
+        if meta:
+            st.caption(" · ".join(f"{k} {md(_num(meta[k]))}" for k in ("threshold", "review_low", "review_high",
+                                                                       "review_band", "temperature")
+                                  if meta.get(k) is not None))
+        st.caption(md(s["source"]))
     with probs_col:
         if s["probabilities"]:
             st.dataframe(pd.DataFrame({"label": list(s["probabilities"]), "probability": list(
@@ -112,7 +121,7 @@ def study_view(ctx: dict, s: dict, items: list[str]) -> None:
         with st.expander("QA record", expanded=False):
             st.json(s["qa"] or {})
     if s["status"] != "ok":
-        st.error(f"{s['study']}: scoring failed: {s['reason'] or 'unknown error'}")
+        st.error(md(f"{s['study']}: scoring failed: {s['reason'] or 'unknown error'}"))
         return
     viewer(ctx, s)  # apps.med_viewer
     signoff_form(ctx, s, items)
@@ -142,8 +151,12 @@ def signoff_form(ctx: dict, s: dict, items: list[str]) -> None:
         truth = c2.selectbox("Correct label (if disagree)", others or labels or ["-"], key=f"{key}_truth")
         finding = st.text_input("Finding", key=f"{key}_finding", placeholder="e.g. 4 mm enhancing lesion, left")
         note = st.text_area("Note", key=f"{key}_note", height=70)
-        reviewer = st.text_input("Reviewer name", value=st.session_state.get("med_last_reviewer", ""),
-                                 key=f"{key}_reviewer", placeholder="required")
+        if ctx["identity"] is not None:  # logged in: the login is the reviewer, not a field
+            st.caption(f"Signing as **{md(ctx['identity'].name)}**")
+            reviewer = ctx["identity"].name
+        else:
+            reviewer = st.text_input("Reviewer name", value=st.session_state.get("med_last_reviewer", ""),
+                                     key=f"{key}_reviewer", placeholder="required")
         advance = st.checkbox("Go to the next study after signing", value=True, key=f"{key}_adv")
         submitted = st.form_submit_button("Sign off", type="primary", shortcut="Ctrl+Enter")
     if not submitted:
@@ -162,10 +175,10 @@ def signoff_form(ctx: dict, s: dict, items: list[str]) -> None:
                                     decision=decision, finding=finding.strip() or None, note=note,
                                     details=details, record=s["raw"])
     except Exception as exc:
-        st.error(f"sign-off not saved: {type(exc).__name__}: {exc}")
+        st.error(md(f"sign-off not saved: {type(exc).__name__}: {exc}"))
         return
     st.session_state["med_last_reviewer"] = reviewer.strip()
-    st.session_state["med_flash"] = f"Signed off #{rid}: {s['study']} → {decision}"
+    st.session_state["med_flash"] = f"Signed off #{rid}: {md(s['study'])} → {decision}"
     if advance and len(items) > 1:
         i = items.index(s["item"]) if s["item"] in items else 0
         st.session_state["med_study_next"] = items[(i + 1) % len(items)]
@@ -194,48 +207,71 @@ def audit_tab(ctx: dict) -> None:
             st.dataframe(pd.DataFrame(log), hide_index=True)
 
 
+def _actor(ctx: dict) -> str:
+    ident = ctx["identity"]
+    return ident.name if ident is not None else (st.session_state.get("med_last_reviewer") or "unknown")
+
+
 def export_tab(ctx: dict) -> None:
     store: Store | None = ctx["store"]
     if store is None:
         st.caption("no review database")
         return
     latest_only = st.checkbox("Only the latest sign-off per study", value=False, key="med_export_latest")
-    st.download_button("Download sign-offs (CSV)",
-                       store.export_csv(app=APP, run_id=ctx["run_id"], latest_only=latest_only),
-                       file_name="signoffs.csv", mime="text/csv")
-    default = str((ctx["results_dir"] or Path(".")) / "signoffs.csv")
+    audited_download("Download sign-offs (CSV)", store, app=APP, run_id=ctx["run_id"], actor=_actor(ctx),
+                     file_name="signoffs.csv", key="med_download_csv", latest_only=latest_only)
+    st.caption(f"Written under {md(ctx['roots'].export or '-')} (the export root, fixed at launch). A file the "
+               "suite did not write is never overwritten; its own previous export is replaced only when you tick "
+               "the box.")
     with st.form("med_export"):
-        out = st.text_input("Write CSV to", value=default, key="med_export_path")
+        name = st.text_input("File (under the export root)", value="signoffs.csv", key="med_export_path")
+        replace = st.checkbox("Replace the previous export", value=False, key="med_export_replace")
         go = st.form_submit_button("Write CSV")
     if go:
-        try:
-            text = store.export_csv(Path(out), app=APP, run_id=ctx["run_id"], latest_only=latest_only,
-                                    actor=st.session_state.get("med_last_reviewer") or "unknown")
-        except OSError as exc:
-            st.error(f"cannot write {out}: {exc}")
-        else:
-            st.success(f"Wrote {max(text.count(chr(10)) - 1, 0)} sign-offs to {out}")
+        write_csv(ctx, store, name, latest_only, replace)
+
+
+def write_csv(ctx: dict, store: Store, name: str, latest_only: bool, replace: bool) -> None:
+    actor = _actor(ctx)
+    try:
+        target = ctx["roots"].export_target(name, suffix=".csv")
+        text = store.export_csv(app=APP, run_id=ctx["run_id"], latest_only=latest_only)
+        mode = safe_export.write_file(target, text.encode("utf-8"), kind="csv", replace=replace,
+                                      meta={"app": APP, "run_id": ctx["run_id"], "actor": actor})
+    except safe_export.ExportRefused as exc:
+        show_refusal(exc)
+        return
+    except (InputError, OSError) as exc:
+        st.error(md(f"cannot write {name}: {exc}"))
+        return
+    rows = sum(1 for _ in csv.DictReader(io.StringIO(text)))
+    store.log(actor=actor, action="export.csv", app=APP, run_id=ctx["run_id"],
+              detail={"path": str(target), "rows": rows, "latest_only": latest_only, "replaced": mode == "replace"})
+    st.success(f"Wrote {rows} sign-offs to {md(target)}" + (", replacing the previous export"
+                                                           if mode == "replace" else ""))
 
 
 # ------------------------------------------------------------------------------------------------ page
 def main() -> None:
     st.set_page_config(page_title="Radiology review", layout="wide")
     st.title("Radiology review")
+    identity = require_login(APP)  # stops the page until someone is logged in, where a login is needed
     args, arg_err = page_args()
     if arg_err:
-        st.error(arg_err)
+        st.error(md(arg_err))
     src: Sources = sources_sidebar(args, APP)
     run, run_err = load_run(src.run_dir, "medical3d")
     if run_err:
-        st.error(run_err)
+        st.error(md(run_err))
     model_md, model_err = load_model(src.run_dir) if run is not None else ({}, None)
     if model_err:
-        st.error(model_err)
+        st.error(md(model_err))
     studies = load_results_or_stop(src.results, lambda: _load_studies(str(src.results), mtime(src.results), run),
                                    "vsuite app med RUN --results results.csv")
     store, store_err = get_store(src)
     if store_err:
-        st.error(store_err)
+        st.error(md(store_err))
+    audit_login(store, APP)
     run_id = (run or {}).get("run_id") or next((s["run_id"] for s in studies if s["run_id"]), None) or "unknown"
     labels = list((run or {}).get("labels") or model_md.get("labels") or [])
     pos = med_data.positive_label(run, labels)
@@ -253,9 +289,9 @@ def main() -> None:
     ctx = {"run": run, "run_id": run_id, "studies": studies, "by_item": {s["item"]: s for s in studies},
            "labels": labels, "pos": pos, "store": store, "model_md": model_md,
            "modality": modality, "results_dir": src.results.resolve().parent,
-           "run_dir": src.run_dir if run is not None else None}
-    st.caption(f"run {run_id} · {len(studies)} studies from {src.results} · sign-offs in "
-               f"{store_label(store)}")
+           "run_dir": src.run_dir if run is not None else None, "roots": src.roots, "identity": identity}
+    st.caption(f"run {md(run_id)} · {len(studies)} studies from {md(src.results)} · sign-offs in "
+               f"{md(store_label(store))}")
     tabs = st.tabs(["Worklist", "Audit", "Export"])
     with tabs[0]:
         worklist_tab(ctx, view.reset_index(drop=True))

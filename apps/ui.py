@@ -1,18 +1,27 @@
-"""Streamlit pieces both review apps share: arguments and sources in the sidebar, the store, run loading.
+"""Streamlit pieces both review apps share: arguments and sources in the sidebar, the store, run loading,
+escaping of names from data.
 
 Every loader returns ``(value, error message)`` instead of raising, so a page shows ``st.error`` and goes on.
+Text from data (class, file, study and reviewer names, reasons, notes, paths, error messages) goes through ``md``
+before it reaches anything streamlit renders as Markdown (markdown, caption, error, success, labels, ...), and
+through ``html.escape`` where a page builds HTML itself.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import string
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
+from sqlalchemy.engine import make_url
 
 from apps.args import AppArgs, parse_app_args
+from apps.roots import Roots
 from common.errors import InputError
 from common.rundir import read_run_json
 from common.store import Store, default_db_path, open_store
@@ -21,13 +30,31 @@ VERDICT_COLOURS = {"PASS": "green", "FAIL": "red", "REVIEW": "orange", "positive
                    "ERROR": "gray"}
 
 
+_MD_SPECIAL = frozenset(string.punctuation)
+
+
+def md(text: object) -> str:
+    """``text`` as literal Markdown: every ASCII punctuation character backslash-escaped (CommonMark shows it as
+    itself), line breaks as spaces. ``<b>x</b>`` and ``![x](http://evil)`` show as typed, not as HTML, an image
+    or a link; ``:red[x]``, ``$x$`` and emphasis stay text too."""
+    s = " ".join(str(text).splitlines())
+    return "".join(f"\\{c}" if c in _MD_SPECIAL else c for c in s)
+
+
 @dataclass
 class Sources:
-    """What a page works on, after the sidebar: the run folder, the results file and the review database."""
+    """What a page works on, fixed at launch: the run folder, the results file, the review database and the
+    folders it may read and write (``apps.roots``)."""
 
     run_dir: Path | None
     results: Path | None
     db: str | None
+    export_root: Path | None = None
+    data_roots: list[Path] = field(default_factory=list)
+
+    @property
+    def roots(self) -> Roots:
+        return Roots.from_launch(self.run_dir, self.results, self.export_root, self.data_roots)
 
 
 def page_args() -> tuple[AppArgs, str | None]:
@@ -39,16 +66,27 @@ def page_args() -> tuple[AppArgs, str | None]:
 
 
 def sources_sidebar(args: AppArgs, app: str) -> Sources:
-    """Sidebar fields for run, results and database, prefilled from the command line, editable in the page
-    (a wrong path is fixed here without restarting the app)."""
-    with st.sidebar.expander("Sources", expanded=args.results is None):
-        run = st.text_input("Run folder", value=str(args.run or ""), key=f"{app}_src_run")
-        results = st.text_input("Results file", value=str(args.results or ""), key=f"{app}_src_results")
-        db = st.text_input("Review database (URL or SQLite file; empty = next to results)",
-                           value=args.db or "", key=f"{app}_src_db")
-    return Sources(Path(run).expanduser() if run.strip() else None,
-                   Path(results).expanduser() if results.strip() else None,
-                   db.strip() or None)
+    """The launch arguments, shown read-only in the sidebar: the page cannot point the app at other files, another
+    database or other folders (restart ``vsuite app`` to change them)."""
+    src = Sources(args.run, args.results, args.db, args.export_root, list(args.data_roots))
+    roots = src.roots
+    db = shown_db(src.db or (str(default_db_path(src.results)) if src.results is not None else "-"))
+    with st.sidebar.expander("Sources (fixed at launch)", expanded=args.results is None):
+        for label, value in (("Run folder", src.run_dir), ("Results file", src.results), ("Review database", db),
+                             ("Exports under", roots.export), ("May read under", "; ".join(map(str, roots.read)))):
+            st.caption(label)
+            st.code(str(value if value is not None else "-"), language=None, wrap_lines=True)
+    return src
+
+
+def shown_db(db: str) -> str:
+    """A database path or URL as the page may show it: a URL's password hidden."""
+    if "://" not in db:
+        return db
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except Exception:
+        return "(not a valid SQLAlchemy URL)"
 
 
 @st.cache_resource(show_spinner=False)
@@ -66,7 +104,7 @@ def get_store(src: Sources) -> tuple[Store | None, str | None]:
     except InputError as exc:
         return None, str(exc)
     except Exception as exc:  # a driver error (e.g. PostgreSQL not reachable) must not kill the page
-        return None, f"review database {target}: {type(exc).__name__}: {exc}"
+        return None, f"review database {shown_db(target)}: {type(exc).__name__}: {exc}"
 
 
 @st.cache_data(show_spinner=False)
@@ -95,14 +133,18 @@ def mtime(path: Path | None) -> float:
         return 0.0
 
 
-def reviewer_name(key: str = "reviewer") -> str:
-    """The reviewer's name, asked once in the sidebar and kept for the session."""
+def reviewer_name(key: str = "reviewer", identity=None) -> str:
+    """The reviewer: the logged-in identity (``apps.login``; not editable) or, on loopback without a login, the
+    name typed once in the sidebar and kept for the session."""
+    if identity is not None:
+        return identity.name
     return st.sidebar.text_input("Reviewer name", key=key, placeholder="your name (required to save)").strip()
 
 
 def verdict_badge(verdict: str | None) -> None:
     v = str(verdict or "ERROR")
-    st.badge(v, color=VERDICT_COLOURS.get(v, VERDICT_COLOURS.get(v.lower(), "gray")))  # type: ignore[arg-type]
+    label = md(v).replace("\\[", "[").replace("\\]", "]")  # st.badge escapes the brackets itself
+    st.badge(label, color=VERDICT_COLOURS.get(v, VERDICT_COLOURS.get(v.lower(), "gray")))  # type: ignore[arg-type]
 
 
 def _step(state_key: str, items: list[str], delta: int) -> None:
@@ -138,18 +180,41 @@ def item_picker(prefix: str, state_key: str, label: str, items: list[str], event
 
 
 def load_results_or_stop(results: Path | None, loader: Callable[[], list], usage: str) -> list:
-    """``loader()``'s records, or an error in the page and a stop (the sidebar stays usable to fix the path)."""
+    """``loader()``'s records, or an error in the page and a stop."""
     if results is None:
-        st.error(f"no results file given: {usage}")
+        st.error(f"no results file given: {md(usage)}")
         st.stop()
     try:
         return loader()
     except InputError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
     except Exception as exc:  # a results file broken in a way we did not foresee must not kill the page
-        st.error(f"{results}: cannot read results ({type(exc).__name__}: {exc})")
+        st.error(md(f"{results}: cannot read results ({type(exc).__name__}: {exc})"))
     st.stop()
     return []  # not reached: st.stop() raises
+
+
+def show_refusal(exc: InputError) -> None:
+    """An export refused: a warning when only the "replace" box is missing, an error otherwise."""
+    (st.warning if getattr(exc, "needs_confirmation", False) else st.error)(md(f"export refused: {exc}"))
+
+
+def _log_download(store: Store, actor: str, app: str, run_id: str, file_name: str, rows: int,
+                  latest_only: bool) -> None:
+    try:
+        store.log(actor=actor or "unknown", action="export.csv.download", app=app, run_id=run_id,
+                  detail={"file": file_name, "rows": rows, "latest_only": latest_only})
+    except Exception as exc:  # the download itself goes on; say the audit row is missing
+        st.error(md(f"download not audited: {type(exc).__name__}: {exc}"))
+
+
+def audited_download(label: str, store: Store, *, app: str, run_id: str, actor: str | None, file_name: str,
+                     key: str, latest_only: bool = False) -> None:
+    """A CSV download of the reviews whose click writes an ``export.csv.download`` audit row."""
+    text = store.export_csv(app=app, run_id=run_id, latest_only=latest_only)
+    rows = sum(1 for _ in csv.DictReader(io.StringIO(text)))
+    st.download_button(label, text, file_name=file_name, mime="text/csv", key=key, on_click=_log_download,
+                       args=(store, actor or "unknown", app, run_id, file_name, rows, latest_only))
 
 
 def store_label(store: Store | None) -> str:

@@ -8,10 +8,16 @@ SQLite file by default (``reviews.sqlite`` next to the results file), any SQLAlc
                result record the reviewer saw), created_at (UTC)
     audit_log  one row per action: every decision ("review"), every export ("export.csv", "export.yolo"), ...
 
-Append-only: nothing is updated or deleted (SQLite triggers refuse it). A changed mind is a new row and the
-latest row (highest id) of an item wins; ``history`` keeps every row. Concurrent writers lose nothing: SQLite
-runs in WAL mode with a busy timeout, each write is one ``BEGIN IMMEDIATE`` transaction (no lock upgrade, so
-no deadlock between two writers), retried if the database stays locked longer than the timeout.
+Append-only: nothing is updated, deleted or replaced (SQLite triggers refuse UPDATE, DELETE and an INSERT that
+reuses an id, which is what ``INSERT OR REPLACE`` does). A changed mind is a new row and the latest row (highest id)
+of an item wins; ``history`` keeps every row. Tamper-evident: each row of both tables carries ``prev_hash`` and
+``row_hash``, a hash chain in id order (``common.store_chain``); ``verify_chain`` / ``vsuite app verify DB`` names
+the first row changed, deleted or spliced in behind the store's back. A database made before the chain gets its
+columns and a chain over its rows the first time it is opened (an audit row ``store.chain_started`` says how many).
+Concurrent writers lose nothing and keep one chain: SQLite runs in WAL mode with a busy timeout, each write is one
+``BEGIN IMMEDIATE`` transaction (no lock upgrade, so no deadlock between two writers; the row it links to cannot
+change under it), retried if the database stays locked longer than the timeout. PostgreSQL: each write locks both
+tables in SHARE ROW EXCLUSIVE mode first (``store_chain.lock_for_append``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,21 +43,34 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common.errors import InputError
+from common.store_chain import (
+    AUDIT_COLUMNS,
+    CONTENT_COLUMNS,
+    REVIEW_COLUMNS,
+    ChainReport,
+    chain_complete,
+    iso_utc,
+    lock_for_append,
+    next_link,
+    row_hash,
+    sqlite_triggers,
+    upgrade_legacy,
+    verify_chain,
+)
 
 DEFAULT_DB_NAME = "reviews.sqlite"
 BUSY_TIMEOUT_S = 30.0
 LOCK_RETRIES = 5
 
-REVIEW_COLUMNS = ("id", "created_at", "app", "run_id", "item", "reviewer", "decision", "finding", "note",
-                  "details", "record")
-AUDIT_COLUMNS = ("id", "created_at", "actor", "action", "app", "run_id", "item", "review_id", "detail")
+__all__ = ["AUDIT_COLUMNS", "REVIEW_COLUMNS", "ChainReport", "Store", "open_store", "verify_chain"]
 
 
 def utcnow() -> datetime:
@@ -78,6 +98,8 @@ class Review(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     record: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    row_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AuditEntry(Base):
@@ -95,16 +117,13 @@ class AuditEntry(Base):
     item: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    row_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-# Append-only, enforced by the database itself (SQLite; other databases rely on the API never updating).
-for _table in ("reviews", "audit_log"):
-    for _op in ("UPDATE", "DELETE"):
-        event.listen(
-            Base.metadata.tables[_table], "after_create",
-            DDL(f"CREATE TRIGGER IF NOT EXISTS {_table}_no_{_op.lower()} BEFORE {_op} ON {_table} "
-                f"BEGIN SELECT RAISE(ABORT, '{_table} is append-only'); END").execute_if(dialect="sqlite"),
-        )
+for _table in CONTENT_COLUMNS:
+    for _ddl in sqlite_triggers(_table).values():
+        event.listen(Base.metadata.tables[_table], "after_create", DDL(_ddl).execute_if(dialect="sqlite"))
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -172,6 +191,7 @@ class Store:
         if self.is_sqlite:
             _sqlite_setup(self.engine)
         self._create_schema()
+        self._ensure_chain()
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)})"
@@ -187,13 +207,40 @@ class Store:
                     raise InputError(f"{self}: cannot open review database ({exc.orig})") from exc
                 time.sleep(0.1 * (attempt + 1))
 
+    def _ensure_chain(self) -> None:
+        """A database from before the hash chain (or its triggers): add the columns, chain the rows once, record
+        it in the audit log. Checked again inside the write lock: two processes opening it at once migrate once."""
+        with self.engine.connect() as conn:
+            if chain_complete(conn):
+                return
+
+        def migrate(conn: Connection) -> None:
+            legacy = upgrade_legacy(conn)
+            if legacy:
+                self._append(conn, "audit_log", {"actor": "review store", "action": "store.chain_started",
+                                                 "detail": {"legacy_rows": legacy}})
+
+        try:
+            self._write(migrate)
+        except OperationalError as exc:
+            raise InputError(f"{self}: cannot add the hash chain to this database ({exc.orig})") from exc
+
+    def _append(self, conn: Connection, table: str, values: dict[str, Any]) -> int:
+        """Insert one chained row into ``table`` (inside ``_write``); returns its id."""
+        rid, prev = next_link(conn, table)
+        row = {"created_at": utcnow(), **values, "id": rid, "prev_hash": prev}
+        row["row_hash"] = row_hash(table, row, prev)
+        conn.execute(insert(Base.metadata.tables[table]).values(**row))
+        return rid
+
     def _write(self, fn) -> Any:
-        """Run ``fn(session)`` in one write transaction (BEGIN IMMEDIATE on SQLite), retried while locked."""
+        """Run ``fn(connection)`` in one write transaction (BEGIN IMMEDIATE on SQLite; both tables locked on
+        PostgreSQL), retried while locked."""
         for attempt in range(LOCK_RETRIES):
             try:
-                with self.engine.connect().execution_options(sqlite_immediate=True) as conn, \
-                        Session(bind=conn) as session, session.begin():
-                    return fn(session)
+                with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+                    lock_for_append(conn)
+                    return fn(conn)
             except OperationalError as exc:
                 if attempt == LOCK_RETRIES - 1 or not _is_locked(exc):
                     raise
@@ -216,16 +263,15 @@ class Store:
         details = _jsonable(details)
         record = _jsonable(record)
 
-        def write(session: Session) -> int:
-            row = Review(app=app, run_id=str(run_id), item=str(item), reviewer=reviewer, decision=str(decision),
-                         finding=finding or None, note=note or "", details=details, record=record,
-                         created_at=utcnow())
-            session.add(row)
-            session.flush()
-            session.add(AuditEntry(actor=reviewer, action="review", app=app, run_id=str(run_id), item=str(item),
-                                   review_id=row.id, created_at=utcnow(),
-                                   detail={"decision": str(decision), "finding": finding or None}))
-            return row.id
+        def write(conn: Connection) -> int:
+            rid = self._append(conn, "reviews", {
+                "app": app, "run_id": str(run_id), "item": str(item), "reviewer": reviewer,
+                "decision": str(decision), "finding": finding or None, "note": note or "", "details": details,
+                "record": record})
+            self._append(conn, "audit_log", {
+                "actor": reviewer, "action": "review", "app": app, "run_id": str(run_id), "item": str(item),
+                "review_id": rid, "detail": {"decision": str(decision), "finding": finding or None}})
+            return rid
 
         return self._write(write)
 
@@ -234,14 +280,13 @@ class Store:
         """Append an audit entry for an action that is not a decision (an export, ...)."""
         detail = _jsonable(detail)
 
-        def write(session: Session) -> int:
-            row = AuditEntry(actor=actor or "unknown", action=action, app=app, run_id=run_id, item=item,
-                             detail=detail, created_at=utcnow())
-            session.add(row)
-            session.flush()
-            return row.id
+        return self._write(lambda conn: self._append(conn, "audit_log", {
+            "actor": actor or "unknown", "action": action, "app": app, "run_id": run_id, "item": item,
+            "detail": detail}))
 
-        return self._write(write)
+    def verify(self) -> ChainReport:
+        """Both hash chains of this database, recomputed (``common.store_chain.verify_chain``)."""
+        return verify_chain(self.url)
 
     # ------------------------------------------------------------------------------------------ reading
     def latest_decisions(self, *, app: str | None = None, run_id: str | None = None) -> dict[str, dict]:
@@ -292,10 +337,13 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ export
     def export_csv(self, path: Path | str | None = None, *, app: str | None = None, run_id: str | None = None,
-                   latest_only: bool = False, actor: str | None = None) -> str:
+                   latest_only: bool = False, actor: str | None = None, overwrite: bool = False) -> str:
         """Reviews as CSV (every row, or only the latest per item); written to ``path`` when given.
 
         Returns the CSV text. JSON columns are serialised; ``latest`` says whether a row is the current one.
+        An existing ``path`` is refused (InputError) unless ``overwrite``; the file is written under a temporary
+        name and renamed into place, and the temporary file is gone whatever happens. The review apps write
+        through ``apps.safe_export`` instead, which only ever replaces the suite's own exports.
         """
         rows = self.history(app=app, run_id=run_id)
         if latest_only:
@@ -309,10 +357,15 @@ class Store:
         text = buf.getvalue()
         if path is not None:
             path = Path(path)
+            if (path.exists() or path.is_symlink()) and not overwrite:
+                raise InputError(f"{path}: exists; not overwritten (choose another file)")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text, encoding="utf-8", newline="")
-            tmp.replace(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(text, encoding="utf-8", newline="")
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
         if actor:
             self.log(actor=actor, action="export.csv", app=app, run_id=run_id,
                      detail={"rows": len(rows), "path": str(path) if path else None, "latest_only": latest_only})
@@ -320,10 +373,8 @@ class Store:
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, datetime):
-        if v.tzinfo is None:  # SQLite drops the zone; we only ever store UTC
-            v = v.replace(tzinfo=UTC)
-        return v.isoformat(timespec="microseconds")
+    if isinstance(v, datetime):  # SQLite drops the zone (we only ever store UTC); PostgreSQL gives its session's
+        return iso_utc(v)
     return v
 
 

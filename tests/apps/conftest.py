@@ -2,7 +2,15 @@ import sys
 
 import pytest
 
-from tests.apps.helpers import make_med_case, make_qc_case
+from tests.apps.helpers import make_med_case, make_qc_case, served_on
+
+
+@pytest.fixture(autouse=True)
+def loopback_without_login(monkeypatch):
+    """The apps as ``vsuite app`` serves them by default: on 127.0.0.1, no password, no OIDC login."""
+    monkeypatch.delenv("VSUITE_APP_PASSWORD", raising=False)
+    with served_on("127.0.0.1"):
+        yield
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ Everything is built with the real libraries (OpenCV, SimpleITK, onnx, our result
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -231,16 +233,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(app: str, run_dir: Path, results: Path, db: str | None, log: Path) -> tuple[subprocess.Popen, str]:
-    """``vsuite app <app> RUN --results FILE --port P`` in the background; returns the process and its URL once
-    the server answers its health check."""
+def start_app(app: str, run_dir: Path, results: Path, db: str | None, log: Path,
+              data_roots: list[Path] | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``vsuite app <app> RUN --results FILE --data-root D --port P`` in the background; returns the process and
+    its URL once the server answers its health check.
+
+    ``data_roots`` default: the case folder above the results (``make_qc_case`` / ``make_med_case`` keep the
+    images and studies there, beside the results folder, as a line's hot folder would be)."""
     port = free_port()
     cmd = [sys.executable, "-c", "from common.cli import main; main()", "app", app, str(run_dir),
            "--results", str(results), "--port", str(port)]
+    for d in data_roots if data_roots is not None else [Path(results).parent.parent]:
+        cmd += ["--data-root", str(d)]
     if db:
         cmd += ["--db", db]
     f = open(log, "w")  # noqa: SIM115 - handed to the process, closed with it
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -264,8 +272,37 @@ def app_test(script: str):
     return AppTest.from_file(str(REPO / "apps" / script), default_timeout=60).run()
 
 
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def plain(text: str) -> str:
+    """Markdown as the reader sees it: the backslash escapes ``apps.ui.md`` puts before punctuation removed."""
+    return _ESCAPED.sub(r"\1", text)
+
+
 def errors(at) -> list[str]:
-    return [e.value for e in at.error]
+    return [plain(e.value) for e in at.error]
+
+
+def texts(elements) -> list[str]:
+    """``plain`` values of AppTest elements (at.success, at.warning, at.caption, at.markdown, ...)."""
+    return [plain(e.value) for e in elements]
+
+
+@contextlib.contextmanager
+def served_on(address: str | None, secrets_files: list[str] | None = None):
+    """Pages check the address streamlit serves on (AppTest has no server): set it as ``vsuite app --host`` would,
+    with no secrets file (no OIDC login) unless given; restored afterwards."""
+    from streamlit import config
+
+    old = {k: config.get_option(k) for k in ("server.address", "secrets.files")}
+    config.set_option("server.address", address)
+    config.set_option("secrets.files", list(secrets_files or []))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            config.set_option(k, v)
 
 
 def no_exception(at) -> None:

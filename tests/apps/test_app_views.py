@@ -212,3 +212,6 @@ def test_app_arguments_round_trip(tmp_path):
     assert args.run == (tmp_path / "run").resolve() and args.results == (tmp_path / "r.jsonl").resolve()
     assert args.db == "postgresql+psycopg://u@h/db"
     assert parse_app_args(app_argv("run", "r.csv", "my.sqlite")).db == str(Path.cwd() / "my.sqlite")
+    args = parse_app_args(app_argv("run", "r.csv", None, tmp_path / "exports", [tmp_path / "a", tmp_path / "b"]))
+    assert args.export_root == tmp_path / "exports" and args.data_roots == [tmp_path / "a", tmp_path / "b"]
+    assert args.db is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 from common.store import open_store
-from tests.apps.helpers import app_test, errors, make_med_case, no_exception
+from tests.apps.helpers import app_test, errors, make_med_case, no_exception, texts
 
 SIGN = "FormSubmitter:med_{}_form-Sign off"
 
@@ -16,7 +16,7 @@ def study(case, name) -> str:
 
 
 def test_worklist_priority_viewer_and_sign_off(med_case, app_argv):
-    app_argv(med_case["run_dir"], "--results", med_case["results"])
+    app_argv(med_case["run_dir"], "--results", med_case["results"], "--data-root", med_case["root"] / "studies")
     at = app_test("radiology_review.py")
     no_exception(at)
     assert errors(at) == []
@@ -53,7 +53,7 @@ def test_worklist_priority_viewer_and_sign_off(med_case, app_argv):
     at.button(key=SIGN.format(0)).click().run()
     no_exception(at)
     assert errors(at) == []
-    assert [s.value for s in at.success] == ["Signed off #1: case_000 → disagree"]
+    assert texts(at.success) == ["Signed off #1: case_000 → disagree"]
     row = open_store(med_case["db"]).latest_decisions(app="med", run_id=med_case["run"]["run_id"])[
         study(med_case, "case_000")]
     assert (row["reviewer"], row["decision"], row["finding"], row["note"]) == (
@@ -69,7 +69,8 @@ def test_worklist_priority_viewer_and_sign_off(med_case, app_argv):
 
 
 def test_changed_mind_history_and_csv_export(med_case, app_argv):
-    app_argv(med_case["run_dir"], "--results", med_case["results"])
+    app_argv(med_case["run_dir"], "--results", med_case["results"], "--data-root", med_case["root"] / "studies",
+             "--export-root", med_case["root"] / "export")
     at = app_test("radiology_review.py")
     for decision in ("agree", "disagree", "agree"):
         at.selectbox(key="med_study").set_value(study(med_case, "case_001")).run()
@@ -87,11 +88,12 @@ def test_changed_mind_history_and_csv_export(med_case, app_argv):
     # the next study's form starts with the last reviewer's name
     at.selectbox(key="med_study").set_value(study(med_case, "case_000")).run()
     assert at.text_input(key="med_0_reviewer").value == "Dr. Grey"
-    out = med_case["root"] / "export" / "signoffs.csv"
-    at.text_input(key="med_export_path").set_value(str(out))
+    out = med_case["root"] / "export" / "signoffs.csv"  # a name under the export root given at launch
+    assert at.text_input(key="med_export_path").value == "signoffs.csv"
     at.button(key="FormSubmitter:med_export-Write CSV").click().run()
     no_exception(at)
-    assert at.success[-1].value == f"Wrote 3 sign-offs to {out}"
+    assert texts(at.success)[-1] == f"Wrote 3 sign-offs to {out}"
+    assert open_store(med_case["db"]).audit(app="med", limit=1)[0]["action"] == "export.csv"
     rows = list(csv.DictReader(out.open()))
     assert [r["decision"] for r in rows] == ["agree", "disagree", "agree"]
     assert [r["latest"] for r in rows] == ["False", "False", "True"]
@@ -102,7 +104,7 @@ def test_changed_mind_history_and_csv_export(med_case, app_argv):
 
 
 def test_ct_presets_and_computed_n4(med_case, app_argv):
-    app_argv(med_case["run_dir"], "--results", med_case["results"])
+    app_argv(med_case["run_dir"], "--results", med_case["results"], "--data-root", med_case["root"] / "studies")
     at = app_test("radiology_review.py")
     at.selectbox(key="med_study").set_value(study(med_case, "ct_003")).run()
     wl = at.selectbox(key="med_3_wl_Original")
@@ -128,7 +130,7 @@ def test_ct_presets_and_computed_n4(med_case, app_argv):
 
 
 def test_unreadable_study_and_failed_row_show_errors(med_case, app_argv):
-    app_argv(med_case["run_dir"], "--results", med_case["results"])
+    app_argv(med_case["run_dir"], "--results", med_case["results"], "--data-root", med_case["root"] / "studies")
     at = app_test("radiology_review.py")
     at.selectbox(key="med_study").set_value(study(med_case, "case_004")).run()
     no_exception(at)
@@ -149,7 +151,9 @@ def test_missing_results_and_run_without_model(tmp_path, app_argv):
     errs = errors(at)
     assert any("missing.csv: results file not found" in e for e in errs)
     assert any("run has no model.onnx" in e for e in errs)
-    at.sidebar.text_input(key="med_src_results").set_value(str(case["results"])).run()
+    assert not at.sidebar.text_input  # sources are fixed at launch: restart with the right file
+    app_argv(case["run_dir"], "--results", case["results"], "--data-root", case["root"] / "studies")
+    at = app_test("radiology_review.py")
     no_exception(at)
     assert [e for e in errors(at) if "results file not found" in e] == []
     assert len(at.selectbox(key="med_study").options) == 6
@@ -167,6 +171,7 @@ def test_empty_and_garbage_results_files(med_case, app_argv):
     assert any(i.value == "No study matches the filters." for i in at.info)
     garbage = med_case["results"].with_name("garbage.parquet")
     garbage.write_bytes(b"PAR1 not really parquet")
-    at.sidebar.text_input(key="med_src_results").set_value(str(garbage)).run()
+    app_argv(med_case["run_dir"], "--results", garbage)
+    at = app_test("radiology_review.py")
     no_exception(at)
     assert any("garbage.parquet: cannot read results" in e for e in errors(at))

@@ -23,12 +23,14 @@ class NoTorch(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTorch())
 import apps.cli, apps.qc_review, apps.radiology_review  # noqa: E401,F401
 from common.store import open_store
-from tests.apps.helpers import app_test, errors, make_med_case, make_qc_case
+from tests.apps.helpers import app_test, errors, make_med_case, make_qc_case, served_on
 
 root = Path(sys.argv[1])
 qc, med = make_qc_case(root / "qc"), make_med_case(root / "med")
 out = {}
-sys.argv = ["qc_review.py", str(qc["run_dir"]), "--results", str(qc["results"])]
+served = served_on("127.0.0.1")  # as `vsuite app` serves them by default (no login); kept till exit
+served.__enter__()
+sys.argv = ["qc_review.py", str(qc["run_dir"]), "--results", str(qc["results"]), "--data-root", str(qc["images"])]
 t = time.perf_counter()
 at = app_test("qc_review.py")
 out["qc_first_run_s"] = time.perf_counter() - t
@@ -37,7 +39,8 @@ at.selectbox(key="qc_part").set_value(str(qc["images"] / "part_02.png")).run()
 images, errs = len(at.image), errors(at)  # the part and its two crops, classified by classifier.onnx
 at.button(key="FormSubmitter:qc_form_2-Save decision").click().run()
 out["qc"] = {"exceptions": [e.value for e in at.exception], "errors": errs, "images": images}
-sys.argv = ["radiology_review.py", str(med["run_dir"]), "--results", str(med["results"])]
+sys.argv = ["radiology_review.py", str(med["run_dir"]), "--results", str(med["results"]), "--data-root",
+            str(med["root"] / "studies")]
 t = time.perf_counter()
 at = app_test("radiology_review.py")
 out["med_first_run_s"] = time.perf_counter() - t

@@ -8,7 +8,7 @@ import shutil
 import yaml
 
 from common.store import open_store
-from tests.apps.helpers import app_test, errors, no_exception
+from tests.apps.helpers import app_test, errors, no_exception, texts
 
 SAVE = "FormSubmitter:qc_form_{}-Save decision"
 
@@ -18,7 +18,7 @@ def part(case, i) -> str:
 
 
 def test_filter_open_part_and_save_decision(qc_case, app_argv):
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"])
+    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--data-root", qc_case["images"])
     at = app_test("qc_review.py")
     no_exception(at)
     assert errors(at) == []
@@ -43,7 +43,7 @@ def test_filter_open_part_and_save_decision(qc_case, app_argv):
     at.button(key=SAVE.format(2)).click().run()
     no_exception(at)
     assert errors(at) == []
-    assert [s.value for s in at.success] == ["Saved review #1: part_02.png → FAIL"]
+    assert texts(at.success) == ["Saved review #1: part_02.png → FAIL"]
 
     store = open_store(qc_case["db"])  # default: next to results.jsonl
     latest = store.latest_decisions(app="qc", run_id=qc_case["run"]["run_id"])
@@ -71,7 +71,7 @@ def test_filter_open_part_and_save_decision(qc_case, app_argv):
 
 
 def test_probability_time_and_review_filters(qc_case, app_argv):
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"])
+    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--data-root", qc_case["images"])
     at = app_test("qc_review.py")
     at.sidebar.slider(key="qc_f_prob").set_value((0.9, 1.0)).run()
     assert at.selectbox(key="qc_part").options == ["FAIL  part_01.png", "FAIL  part_02.png"]
@@ -91,7 +91,7 @@ def test_probability_time_and_review_filters(qc_case, app_argv):
 
 
 def test_keyboard_navigation_and_save_then_next(qc_case, app_argv):
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"])
+    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--data-root", qc_case["images"])
     at = app_test("qc_review.py")
     assert at.selectbox(key="qc_part").value == part(qc_case, 0)
     assert at.button(key="qc_next").proto.shortcut.lower() == "j"
@@ -108,7 +108,8 @@ def test_keyboard_navigation_and_save_then_next(qc_case, app_argv):
 
 def test_export_reviewed_parts_as_yolo_dataset(qc_case, app_argv, tmp_path):
     db = tmp_path / "elsewhere" / "qc.sqlite"
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--db", db)
+    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--db", db, "--data-root", qc_case["images"],
+             "--export-root", tmp_path / "exports")
     at = app_test("qc_review.py")
     at.sidebar.text_input(key="qc_reviewer").set_value("ann")
     for i, action in ((1, None), (2, "reject"), (0, None), (3, "reject_all_fail")):
@@ -120,13 +121,13 @@ def test_export_reviewed_parts_as_yolo_dataset(qc_case, app_argv, tmp_path):
             at.radio(key=f"qc_verdict_{i}").set_value("FAIL")
         at.button(key=SAVE.format(i)).click().run()
     assert db.is_file() and not qc_case["db"].exists()
-    out = tmp_path / "yolo"
-    at.text_input(key="qc_export_dir").set_value(str(out))
+    out = tmp_path / "exports" / "yolo"  # a name under the export root given at launch
+    at.text_input(key="qc_export_dir").set_value("yolo")
     at.button(key="FormSubmitter:qc_export-Export YOLO dataset").click().run()
     no_exception(at)
     assert errors(at) == []
-    assert "Exported 3 images (2 boxes, 1 good parts)" in at.success[0].value
-    assert any("part_03.png: reviewed FAIL but no confirmed box" in w.value for w in at.warning)
+    assert "Exported 3 images (2 boxes, 1 good parts)" in texts(at.success)[0]
+    assert any("part_03.png: reviewed FAIL but no confirmed box" in w for w in texts(at.warning))
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert data["names"] == {0: "scratch", 1: "pit", 2: "stain"}
     images = sorted(p.name for p in (out / "images").rglob("*.png"))
@@ -142,21 +143,21 @@ def test_export_reviewed_parts_as_yolo_dataset(qc_case, app_argv, tmp_path):
 
 
 def test_missing_results_file_shows_error(qc_case, app_argv):
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"].with_name("nope.jsonl"))
+    missing = qc_case["results"].with_name("nope.jsonl")
+    app_argv(qc_case["run_dir"], "--results", missing)
     at = app_test("qc_review.py")
     no_exception(at)
     assert any("nope.jsonl: results file not found" in e for e in errors(at))
-    # the page keeps working: fix the path in the sidebar
-    at.sidebar.text_input(key="qc_src_results").set_value(str(qc_case["results"])).run()
-    no_exception(at)
-    assert errors(at) == [] and len(at.selectbox(key="qc_part").options) == 8
+    # the sources are shown, fixed at launch: no field in the page can point the app elsewhere
+    assert str(missing.resolve()) in [c.value for c in at.sidebar.code]
+    assert [t.key for t in at.sidebar.text_input] == ["qc_reviewer"]
 
 
 def test_run_without_models_still_reviews(tmp_path, app_argv):
     from tests.apps.helpers import make_qc_case
 
     case = make_qc_case(tmp_path, models=False)
-    app_argv(case["run_dir"], "--results", case["results"])
+    app_argv(case["run_dir"], "--results", case["results"], "--data-root", case["images"])
     at = app_test("qc_review.py")
     no_exception(at)
     assert any("run has no detector.onnx or classifier.onnx" in e for e in errors(at))
@@ -169,7 +170,7 @@ def test_run_without_models_still_reviews(tmp_path, app_argv):
 
 
 def test_unreadable_image_and_error_record_show_errors(qc_case, app_argv):
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"])
+    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--data-root", qc_case["images"])
     at = app_test("qc_review.py")
     at.selectbox(key="qc_part").set_value(str(qc_case["images"] / "part_vanished.png")).run()
     no_exception(at)
@@ -184,7 +185,7 @@ def test_unreadable_image_and_error_record_show_errors(qc_case, app_argv):
 
 
 def test_save_without_reviewer_is_refused(qc_case, app_argv):
-    app_argv(qc_case["run_dir"], "--results", qc_case["results"])
+    app_argv(qc_case["run_dir"], "--results", qc_case["results"], "--data-root", qc_case["images"])
     at = app_test("qc_review.py")
     at.button(key=SAVE.format(0)).click().run()
     no_exception(at)
@@ -214,6 +215,7 @@ def test_empty_and_garbage_results_files(qc_case, app_argv):
     assert at.metric[0].value == "0"
     garbage = qc_case["results"].with_name("garbage.csv")
     garbage.write_bytes(b"\x00\xff\xfe not,a\ncsv\x00")
-    at.sidebar.text_input(key="qc_src_results").set_value(str(garbage)).run()
+    app_argv(qc_case["run_dir"], "--results", garbage)
+    at = app_test("qc_review.py")
     no_exception(at)
     assert any("garbage.csv: cannot read results" in e for e in errors(at))
