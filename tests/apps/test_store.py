@@ -136,6 +136,10 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     latest = store.latest_decisions(app="qc", run_id="r")
     assert len(latest) == 14
     assert latest["tab1-0.png"]["note"] == str(max(i for i in range(n) if i % 7 == 0))
+    # concurrent writers keep one hash chain per table (each row links to the row written just before it)
+    report = store.verify()
+    assert report.ok, [b.message for t in report.tables for b in t.breaks]
+    assert [t.rows for t in report.tables] == [2 * n, 2 * n]
 
 
 def test_threads_sharing_one_store_lose_nothing(tmp_path):

@@ -8,7 +8,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -173,41 +172,6 @@ def test_database_from_before_the_chain_is_migrated_on_open(tmp_path):
     with raw(db) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("INSERT OR REPLACE INTO reviews (id, created_at, app, run_id, item, reviewer, decision, note) "
                      "VALUES (1, '2026-01-01 00:00:00.000000', 'med', 'r0', 'case_1', 'mallory', 'agree', '')")
-
-
-WRITER = """
-import sys, time
-from pathlib import Path
-from common.store import open_store
-db, who, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-store = open_store(db)
-go.with_name(f"ready-{who}").touch()
-while not go.exists():
-    time.sleep(0.005)
-for i in range(n):
-    store.record_decision(app="qc", run_id="r", item=f"{who}-{i % 5}.png", reviewer=who, decision="FAIL",
-                          note=str(i))
-    if i % 10 == 0:
-        store.log(actor=who, action="export.csv", app="qc", run_id="r", detail={"i": i})
-    time.sleep(0.003)
-"""
-
-
-def test_three_processes_writing_at_once_keep_one_chain(tmp_path):
-    db, go, n, who = tmp_path / "reviews.sqlite", tmp_path / "go", 40, ("tab1", "tab2", "tab3")
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), w, str(n), str(go)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in who]
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready-{w}").exists() for w in who):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "writers did not start"
-        time.sleep(0.01)
-    go.touch()
-    for p in procs:
-        _out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-    report = verify_chain(db)
-    assert report.ok, [b.message for t in report.tables for b in t.breaks]
-    assert [t.rows for t in report.tables] == [3 * n, 3 * n + 3 * 4]
 
 
 def test_verify_refuses_what_is_not_a_review_database(tmp_path):
