@@ -18,11 +18,6 @@ def _resolved(p: Path | str) -> Path:
     return Path(p).expanduser().resolve()
 
 
-def inside(path: Path | str, root: Path) -> bool:
-    """Whether ``path``, resolved (symlinks followed), is ``root`` or below it (``root`` already resolved)."""
-    return _resolved(path).is_relative_to(root)
-
-
 @dataclass(frozen=True)
 class Roots:
     read: tuple[Path, ...]  # resolved

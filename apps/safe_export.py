@@ -23,11 +23,12 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from common.errors import InputError
+from common.results import now_iso
+from common.rundir import file_sha256
 
 MARKER = ".vsuite-export.json"
 TOOL = "vision-suite"
@@ -54,10 +55,6 @@ def read_marker(path: Path, kind: str) -> dict | None:
 
 def _tmp_name(target: Path, tag: str) -> Path:
     return target.with_name(f".{target.name}.vsuite-{tag}-{uuid.uuid4().hex[:12]}")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _files_under(folder: Path) -> list[str]:
@@ -116,7 +113,7 @@ def staged_folder(plan: FolderPlan, *, kind: str, meta: dict | None = None) -> I
     stage.mkdir()
     try:
         yield stage
-        marker = {"tool": TOOL, "kind": kind, "created_at": _now(), **(meta or {}), "files": _files_under(stage)}
+        marker = {"tool": TOOL, "kind": kind, "created_at": now_iso(), **(meta or {}), "files": _files_under(stage)}
         (stage / MARKER).write_text(json.dumps(marker, indent=1, ensure_ascii=False), encoding="utf-8")
         if plan.mode == "replace":
             old = _tmp_name(plan.target, "old")
@@ -139,14 +136,6 @@ def sidecar(target: Path) -> Path:
     return target.with_name(f".{target.name}{MARKER}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def plan_file(target: Path, *, kind: str, replace: bool) -> Literal["new", "replace"]:
     """Check that an export of ``kind`` may be written to the file ``target``; ExportRefused otherwise."""
     side = sidecar(target)
@@ -160,7 +149,7 @@ def plan_file(target: Path, *, kind: str, replace: bool) -> Literal["new", "repl
     if marker is None:
         raise ExportRefused(f"{target}: exists and was not written by the suite; nothing was changed (choose "
                             "another name)")
-    if marker.get("sha256") != _sha256(target):
+    if marker.get("sha256") != file_sha256(target):
         raise ExportRefused(f"{target}: changed since the suite wrote it; not replaced (choose another name)")
     if not replace:
         raise ExportRefused(f"{target}: holds the previous {kind} export ({marker.get('created_at', '?')}); tick "
@@ -191,7 +180,7 @@ def write_file(target: Path, data: bytes, *, kind: str, replace: bool, meta: dic
             os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    marker = {"tool": TOOL, "kind": kind, "created_at": _now(), **(meta or {}),
+    marker = {"tool": TOOL, "kind": kind, "created_at": now_iso(), **(meta or {}),
               "file": target.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     side, side_tmp = sidecar(target), _tmp_name(sidecar(target), "tmp")
     try:

@@ -183,6 +183,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from common.progress import add_task, make_progress, update_rate
+
     console = Console()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -214,11 +216,17 @@ def main() -> None:
     t_start = time.monotonic()
     feeder.start()
     console.print(f"soak: {args.minutes:g} min at {args.rate:g} files/s into {hot} (line pid {line.pid})")
-    while feeder.is_alive() or (time.monotonic() - t_start < seconds + 60 and _count(results) < len(feeder.arrived)):
-        rss.append((time.monotonic() - t_start, proc.memory_info().rss / 2**20))
-        if line.poll() is not None:
-            break
-        time.sleep(1.0)
+    expected = int(seconds * args.rate)
+    with make_progress(console) as progress:
+        task = add_task(progress, "records", total=expected)
+        while feeder.is_alive() or (time.monotonic() - t_start < seconds + 60
+                                    and _count(results) < len(feeder.arrived)):
+            rss.append((time.monotonic() - t_start, proc.memory_info().rss / 2**20))
+            progress.update(task, completed=_count(results), info=f"RSS {rss[-1][1]:.0f} MiB")
+            update_rate(progress, task, "part")
+            if line.poll() is not None:
+                break
+            time.sleep(1.0)
     line.send_signal(signal.SIGINT)
     output, _ = line.communicate(timeout=120)
 

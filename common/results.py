@@ -130,19 +130,8 @@ def read_jsonl(path: Path | str) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: results file not found")
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
+    with open(path, "rb") as f:
+        return [rec for rec in map(_parse_line, f) if rec is not None]
 
 
 def read_jsonl_tail(path: Path | str, block: int = 1 << 16) -> Iterator[dict]:
@@ -192,11 +181,21 @@ def decode_nested(value: Any) -> Any:
     return value
 
 
+def _cell(value: Any) -> Any:
+    """A table cell: nested values as JSON text, text as valid UTF-8, a non-finite number as empty."""
+    if isinstance(value, dict | list | tuple):
+        return dumps(value)
+    if isinstance(value, str):
+        return display_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _flatten_for_table(records: Iterable[dict]) -> list[dict]:
     rows = []
     for rec in records:
-        rows.append({k: dumps(v) if isinstance(v, dict | list | tuple) else display_text(v) if isinstance(v, str)
-                     else None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()})
+        rows.append({k: _cell(v) for k, v in rec.items()})
     return rows
 
 

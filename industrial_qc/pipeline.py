@@ -22,7 +22,7 @@ from common.rundir import read_run_json, verify_model_file
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_KINDS, crops_for_boxes, to_tensor_batch
 from industrial_qc.flatfield import fit_to, flatfield
 from industrial_qc.images import ImageLimits
-from industrial_qc.verdict import SCORE_KINDS, candidate_scores, part_verdict
+from industrial_qc.verdict import SCORE_KINDS, candidate_scores, check_thresholds, part_verdict
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 LINE_CLASSIFIER_INT8 = "classifier.int8.onnx"
@@ -250,14 +250,11 @@ class Pipeline:
                  limits: ImageLimits | None = None) -> None:
         if score not in SCORE_KINDS:
             raise InputError(f"unknown verdict score {score!r} (expected one of {', '.join(SCORE_KINDS)})")
-        if not 0.0 <= review_threshold <= fail_threshold <= 1.0:  # NaN fails too: a run that cannot judge
-            raise InputError(f"verdict thresholds review {review_threshold}, fail {fail_threshold}: expected "
-                             "0 <= review <= fail <= 1")
+        self.fail_threshold, self.review_threshold = check_thresholds(fail_threshold, review_threshold,
+                                                                      "verdict thresholds")
         self.limits = limits or ImageLimits()  # what read_image accepts as a part (config ``input``)
         self.detector = detector
         self.classifier = classifier
-        self.fail_threshold = float(fail_threshold)
-        self.review_threshold = float(review_threshold)
         self.run_id = run_id
         self.score = score  # what the thresholds apply to (industrial_qc.verdict.candidate_scores)
         self.class_index = class_index(detector.labels, classifier.labels)  # naming: defect_class_probs
@@ -278,13 +275,7 @@ class Pipeline:
         where = f"{run_dir}: verdict thresholds of {classifier.model.path.name} / run.json"
         if not isinstance(th, dict) or "fail" not in th or "review" not in th:
             raise InputError(f"{run_dir}: no verdict thresholds in {classifier.model.path.name} or run.json")
-        fail, review = th["fail"], th["review"]
-        for key, v in (("fail", fail), ("review", review)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:  # NaN fails too
-                raise InputError(f"{where}: {key}={v!r} is not a number in [0, 1]; a run that cannot judge "
-                                 "refuses to load")
-        if fail < review:
-            raise InputError(f"{where}: fail {fail} is below review {review}")
+        fail, review = check_thresholds(th["fail"], th["review"], where)
         score = th.get("score", "classifier")
         if score not in SCORE_KINDS:
             raise InputError(f"{run_dir}: unknown verdict score {score!r} in the thresholds of "

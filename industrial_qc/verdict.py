@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from common.errors import InputError
+
 Verdict = Literal["PASS", "FAIL", "REVIEW"]
 VERDICTS: tuple[Verdict, ...] = ("PASS", "FAIL", "REVIEW")
 SCORE_KINDS: tuple[str, ...] = ("both", "classifier")
@@ -31,6 +33,18 @@ def candidate_scores(cls_defect_p: np.ndarray, det_conf: np.ndarray, kind: str) 
     if kind == "both":
         return np.sqrt(p * np.clip(np.asarray(det_conf, np.float64), 0.0, 1.0))
     raise ValueError(f"unknown verdict score {kind!r} (expected one of {', '.join(SCORE_KINDS)})")
+
+
+def check_thresholds(fail, review, where: str) -> tuple[float, float]:
+    """(fail, review) as floats when both are numbers in [0, 1] with fail >= review; else an InputError naming
+    ``where``: a run whose thresholds cannot judge (a NaN passes every part) refuses to load."""
+    for key, v in (("fail", fail), ("review", review)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:  # NaN fails too
+            raise InputError(f"{where}: {key}={v!r} is not a number in [0, 1]; a run that cannot judge refuses "
+                             "to load")
+    if fail < review:
+        raise InputError(f"{where}: fail {fail} is below review {review}")
+    return float(fail), float(review)
 
 
 def part_verdict(defect_probs: Sequence[float] | np.ndarray, fail_threshold: float, review_threshold: float) -> Verdict:

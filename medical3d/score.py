@@ -95,10 +95,10 @@ class StudyScorer:
 def check_model_shapes(model: OnnxModel, rule: DecisionRule, prep: PreprocessConfig) -> None:
     """Refuse a model whose output is not (batch, len(labels)) or whose input is not the preprocessed volume
     (1 channel, crop size z y x). Symbolic (named) dimensions are not checked."""
-    out_shape = list(model.session.get_outputs()[0].shape or [])
-    if out_shape and (len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(rule.labels))):
-        raise InputError(f"{model.path}: output shape {out_shape} does not fit {len(rule.labels)} labels "
-                         f"{rule.labels} (expected [batch, {len(rule.labels)}])")
+    out_shape = model.output_shape
+    if out_shape and len(out_shape) != 2:
+        raise InputError(f"{model.path}: output shape {out_shape}: expected [batch, {len(rule.labels)}]")
+    model.checked_labels(out_shape[1] if out_shape else None)
     want = [1, *reversed(prep.crop.size)]
     in_shape = list(model.input_shape or [])
     fits = len(in_shape) == 5 and all(not isinstance(d, int) or d == w for d, w in zip(in_shape[1:], want, strict=True))

@@ -234,7 +234,7 @@ def test_blank_volume_is_an_error(run, tmp_path, value):
     ({"bias": [0.0, float("nan")]}, "bias [0.0, nan] must be 2 finite numbers, one per label"),
     ({"bias": [0.0]}, "bias [0.0] must be 2 finite numbers, one per label"),
     ({"labels": ["normal", "normal"]}, "labels ['normal', 'normal'] must be a list of at least 2 unique"),
-    ({"labels": ["a", "b", "lesion"], "bias": None}, "output shape ['batch', 2] does not fit 3 labels"),
+    ({"labels": ["a", "b", "lesion"], "bias": None}, "names 3 classes but the model outputs 2"),
     ({"positive_label": "tumour"}, "positive_label 'tumour' is not one of the labels"),
     ({"preprocessing": {**PREPROCESSING, "resample": {"spacing": [float("nan"), 2, 2]}}}, "Input should be a finite"),
     ({"preprocessing": {**PREPROCESSING, "crop": {"size": [8, 8, 8]}}},
