@@ -1,7 +1,6 @@
 """Typed config of the industrial_qc vertical; every default lives in ``configs/industrial_qc/default.yaml``.
 
-Imports torch (through common.engine.TrainConfig): only training loads it; inference reads run.json and the
-ONNX metadata.
+Types and bounds only; no torch. Inference reads run.json and the ONNX metadata, not this config.
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from common.config import CONFIG_DIR, StrictModel, load_config
-from common.engine import TrainConfig
+from common.config import CONFIG_DIR, StrictModel, TrainConfig, load_config
 
 DEFAULT_CONFIG = CONFIG_DIR / "industrial_qc" / "default.yaml"
 
@@ -21,65 +19,63 @@ DEFAULT_CONFIG = CONFIG_DIR / "industrial_qc" / "default.yaml"
 class DetectorConfig(StrictModel):
     """Stage 1: Ultralytics YOLO built from yaml (never downloaded), tuned for recall."""
 
-    model: Literal["yolov5nu.yaml", "yolov5su.yaml"] = "yolov5nu.yaml"
-    weights: str | None = None  # local .pt to fine-tune from (--detector-weights)
-    imgsz: int = Field(default=320, ge=32)
-    epochs: int = Field(default=300, ge=1)  # upper bound; with --max-minutes the time budget decides
-    batch: int = Field(default=16, ge=1)
-    patience: int = Field(default=100, ge=1)
-    workers: int = Field(default=0, ge=0)  # data-loader processes; 0: augment between steps (see default.yaml)
-    cache: bool = True
-    optimizer: Literal["auto", "SGD", "Adam", "AdamW"] = "auto"
-    lr0: float = Field(default=0.01, gt=0)
-    cos_lr: bool = False
-    warmup_epochs: float = Field(default=1.0, ge=0)  # Ultralytics: 3; a CPU budget buys few epochs
-    close_mosaic: int = Field(default=10, ge=0)
-    mosaic: float = Field(default=1.0, ge=0, le=1)
-    fliplr: float = Field(default=0.5, ge=0, le=1)
-    flipud: float = Field(default=0.5, ge=0, le=1)
-    scale: float = Field(default=0.3, ge=0, lt=1)
-    translate: float = Field(default=0.1, ge=0, lt=1)
-    degrees: float = Field(default=0.0, ge=0, le=180)
-    hsv_h: float = Field(default=0.015, ge=0, le=1)
-    hsv_s: float = Field(default=0.5, ge=0, le=1)
-    hsv_v: float = Field(default=0.4, ge=0, le=1)
-    box: float = Field(default=7.5, gt=0)
-    cls: float = Field(default=0.5, gt=0)
+    model: Literal["yolov5nu.yaml", "yolov5su.yaml"]
+    weights: str | None  # local .pt to fine-tune from (--detector-weights)
+    imgsz: int = Field(ge=32)
+    epochs: int = Field(ge=1)  # upper bound; with --max-minutes the time budget decides
+    batch: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    workers: int = Field(ge=0)  # data-loader processes; 0: augment between steps (see default.yaml)
+    cache: bool
+    optimizer: Literal["auto", "SGD", "Adam", "AdamW"]
+    lr0: float = Field(gt=0)
+    cos_lr: bool
+    warmup_epochs: float = Field(ge=0)  # Ultralytics: 3; a CPU budget buys few epochs
+    close_mosaic: int = Field(ge=0)
+    mosaic: float = Field(ge=0, le=1)
+    fliplr: float = Field(ge=0, le=1)
+    flipud: float = Field(ge=0, le=1)
+    scale: float = Field(ge=0, lt=1)
+    translate: float = Field(ge=0, lt=1)
+    degrees: float = Field(ge=0, le=180)
+    hsv_h: float = Field(ge=0, le=1)
+    hsv_s: float = Field(ge=0, le=1)
+    hsv_v: float = Field(ge=0, le=1)
+    box: float = Field(gt=0)
+    cls: float = Field(gt=0)
     # Input transform (industrial_qc/flatfield.py): flat-field + contrast normalisation in front of the detector,
     # in training and on the line; "none" feeds the raw image as plain Ultralytics does.
-    input_norm: Literal["flatfield", "none"] = "flatfield"
-    flatfield_sigma: float = Field(default=0.125, gt=0, le=1)  # background blur, fraction of the image side
-    flatfield_gain: float = Field(default=40.0, gt=0, le=127)  # output RMS in grey levels around 128
-    nbs: int = Field(default=16, ge=1)  # nominal batch: 16 (not 64) = 4x more optimizer steps per CPU minute
+    input_norm: Literal["flatfield", "none"]
+    flatfield_sigma: float = Field(gt=0, le=1)  # background blur, fraction of the image side
+    flatfield_gain: float = Field(gt=0, le=127)  # output RMS in grey levels around 128
+    nbs: int = Field(ge=1)  # nominal batch: 16 (not 64) = 4x more optimizer steps per CPU minute
     # Line-time confidence: chosen on val as the highest value in [min_conf, conf] that still finds
     # target_box_recall of the val defects the detector finds at min_conf among the max_det candidates; stage 2
     # removes the false alarms.
-    conf: float = Field(default=0.005, gt=0, lt=1)
-    min_conf: float = Field(default=0.001, gt=0, lt=1)
-    target_box_recall: float = Field(default=0.98, gt=0, le=1)
-    iou: float = Field(default=0.3, gt=0, le=1)  # class-agnostic NMS: overlapping candidates make one crop
-    max_det: int = Field(default=12, ge=1)
+    conf: float = Field(gt=0, lt=1)
+    min_conf: float = Field(gt=0, lt=1)
+    target_box_recall: float = Field(gt=0, le=1)
+    iou: float = Field(gt=0, le=1)  # class-agnostic NMS: overlapping candidates make one crop
+    max_det: int = Field(ge=1)
     # Each part's best min_candidates detections (down to min_conf) go to stage 2 even when they score below the line
     # confidence: a part the detector barely sees is reviewed by the classifier instead of passing unseen.
-    min_candidates: int = Field(default=1, ge=0)
-    # bf16 autocast when training on a CPU with native bf16 (AMX / AVX512-BF16): ~1.75x the epochs per minute there;
+    min_candidates: int = Field(ge=0)
+    # bf16 autocast when training on a CPU with native bf16 (AMX / AVX512-BF16): more epochs per minute there;
     # ignored (fp32) on other CPUs, where bf16 is emulated and slower.
-    cpu_bf16: bool = True
-    channels_last: bool = True
+    cpu_bf16: bool
+    channels_last: bool
     # Weight average of the trained detector (what is validated and saved): its decay ramps up as
-    # ema_decay * (1 - exp(-updates / ema_tau)). Ultralytics' 0.9999 / 2000; 0.99 / 100 (a faster average for a
-    # CPU budget's few thousand steps) gave a smoother val curve but test mAP50 within noise (0.678 vs 0.701).
-    ema_decay: float = Field(default=0.9999, gt=0, lt=1)
-    ema_tau: float = Field(default=2000.0, gt=0)
-    # Validation (a full val-split pass, ~15 % of a CPU epoch here) every val_every epochs, and every epoch over the
+    # ema_decay * (1 - exp(-updates / ema_tau)).
+    ema_decay: float = Field(gt=0, lt=1)
+    ema_tau: float = Field(gt=0)
+    # Validation (a full val-split pass: not cheap on a CPU) every val_every epochs, and every epoch over the
     # last val_last epochs (mosaic off, where the best weights come from) and whenever Ultralytics needs it (final
     # epoch, time up, early stop close). Unvalidated epochs never become best.pt. Ultralytics: every epoch (1).
-    val_every: int = Field(default=5, ge=1)
-    val_last: int = Field(default=10, ge=0)
+    val_every: int = Field(ge=1)
+    val_last: int = Field(ge=0)
     # In-image defect copy-paste (industrial_qc/paste.py): the share of training images with defects that get one
-    # more copy of each, on their own surface, before mosaic. 0.5 vs 0: test mAP50 0.822 vs 0.718 (one pair, same
-    # data and budget; val mAP50 ahead at every matched epoch). 0 turns it off.
-    paste: float = Field(default=0.5, ge=0, le=1)
+    # more copy of each, on their own surface, before mosaic. 0 turns it off.
+    paste: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _line_candidates(self) -> DetectorConfig:
@@ -93,46 +89,45 @@ class DetectorConfig(StrictModel):
 class AugmentConfig(StrictModel):
     """Albumentations for the crop classifier (all probabilities in [0, 1])."""
 
-    rotate90: float = Field(default=0.5, ge=0, le=1)
-    flip: float = Field(default=0.5, ge=0, le=1)
-    affine: float = Field(default=0.8, ge=0, le=1)
-    scale: tuple[float, float] = (0.85, 1.2)
-    translate: float = Field(default=0.08, ge=0, lt=0.5)
-    rotate: float = Field(default=15.0, ge=0, le=180)
-    noise: float = Field(default=0.3, ge=0, le=1)
-    brightness_contrast: float = Field(default=0.5, ge=0, le=1)
-    hsv: float = Field(default=0.3, ge=0, le=1)
+    rotate90: float = Field(ge=0, le=1)
+    flip: float = Field(ge=0, le=1)
+    affine: float = Field(ge=0, le=1)
+    scale: tuple[float, float]
+    translate: float = Field(ge=0, lt=0.5)
+    rotate: float = Field(ge=0, le=180)
+    noise: float = Field(ge=0, le=1)
+    brightness_contrast: float = Field(ge=0, le=1)
+    hsv: float = Field(ge=0, le=1)
     # polarity flip (each crop mirrored around its mean colour: a dark line becomes a bright one) with this
     # probability, for the crops of the classes in invert_classes only. "auto": the classes whose training
     # defects go both ways, at least invert_min_share of them bright and at least as many dark
-    invert: float = Field(default=0.0, ge=0, le=1)
-    invert_classes: Literal["auto"] | list[str] = "auto"
-    invert_min_share: float = Field(default=0.25, gt=0, le=0.5)
+    invert: float = Field(ge=0, le=1)
+    invert_classes: Literal["auto"] | list[str]
+    invert_min_share: float = Field(gt=0, le=0.5)
 
 
 class ClassifierConfig(StrictModel):
     """Stage 2: torchvision ResNet on padded square crops; class 0 is ``background`` (a detector false alarm)."""
 
-    arch: Literal["resnet18", "resnet50"] = "resnet18"
-    weights: str | None = None  # local torchvision state_dict or our checkpoint; never downloaded
-    stem: Literal["standard", "no_maxpool"] = "standard"
-    crop_size: int = Field(default=64, ge=16)
-    normalize: Literal["per_crop", "imagenet"] = "per_crop"  # see industrial_qc.crops.to_tensor_batch
-    context: float = Field(default=0.15, ge=0, le=3)  # padding each side, as a fraction of the box's longer side
-    min_crop: float = Field(default=0.06, gt=0, le=1)  # smallest crop side, as a fraction of the image's shorter side
-    background_per_defect: float = Field(default=1.0, ge=0)  # random defect-free windows per ground-truth crop
-    hard_negatives: bool = True
-    hard_negatives_per_image: int = Field(default=2, ge=0)
+    arch: Literal["resnet18", "resnet50"]
+    weights: str | None  # local torchvision state_dict or our checkpoint; never downloaded
+    stem: Literal["standard", "no_maxpool"]
+    crop_size: int = Field(ge=16)
+    normalize: Literal["per_crop", "imagenet"]  # see industrial_qc.crops.to_tensor_batch
+    context: float = Field(ge=0, le=3)  # padding each side, as a fraction of the box's longer side
+    min_crop: float = Field(gt=0, le=1)  # smallest crop side, as a fraction of the image's shorter side
+    background_per_defect: float = Field(ge=0)  # random defect-free windows per ground-truth crop
+    hard_negatives: bool
+    hard_negatives_per_image: int = Field(ge=0)
     # detections matching a defect (IoU >= 0.5) also train stage 2, labelled with its class: crops framed the way
     # the line frames them, and more defect examples
-    proposals_per_defect: int = Field(default=2, ge=0)
-    workers: int = Field(default=0, ge=0)
-    # The line's copy of stage 2: int8 (static, per-channel, calibrated on training crops; about 4x faster on
-    # CPU) unless it disagrees with fp32 on the val candidates, then fp32. classifier.onnx stays fp32.
-    line_precision: Literal["int8", "fp32"] = "int8"
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=60, batch_size=64, lr=0.002, loss="ce",
-                                                                   patience=15, t0=60, cpu_bf16=True))
+    proposals_per_defect: int = Field(ge=0)
+    workers: int = Field(ge=0)
+    # The line's copy of stage 2: int8 (static, per-channel, calibrated on training crops; faster on CPU) unless
+    # it disagrees with fp32 on the val candidates, then fp32. classifier.onnx stays fp32.
+    line_precision: Literal["int8", "fp32"]
+    augment: AugmentConfig
+    train: TrainConfig
 
     @model_validator(mode="after")
     def _even_crop(self) -> ClassifierConfig:
@@ -144,46 +139,44 @@ class ClassifierConfig(StrictModel):
 class VerdictConfig(StrictModel):
     """How thresholds are chosen on the validation split (see ``industrial_qc.verdict``)."""
 
-    target_recall: float = Field(default=0.99, gt=0, le=1)  # part-level defect recall (not PASS)
+    target_recall: float = Field(gt=0, le=1)  # part-level defect recall (not PASS)
     # Confidence that the review threshold keeps target_recall: it may pass only as many defective reference parts
     # as keep the one-sided upper bound of the miss rate within 1 - target_recall (0 = the point estimate; see
     # ``industrial_qc.verdict.review_threshold``).
-    recall_confidence: float = Field(default=0.95, ge=0, lt=1)
-    max_false_reject: float = Field(default=0.01, ge=0, le=1)  # share of good val parts allowed to FAIL
-    min_review_threshold: float = Field(default=0.02, gt=0, lt=1)
-    max_review_threshold: float = Field(default=0.5, gt=0, lt=1)
-    min_fail_threshold: float = Field(default=0.5, gt=0, lt=1)
+    recall_confidence: float = Field(ge=0, lt=1)
+    max_false_reject: float = Field(ge=0, le=1)  # share of good val parts allowed to FAIL
+    min_review_threshold: float = Field(gt=0, lt=1)
+    max_review_threshold: float = Field(gt=0, lt=1)
+    min_fail_threshold: float = Field(gt=0, lt=1)
     # The fail threshold is read from the good val parts plus the defect-free regions of the defective val parts
-    # (their highest defect probability away from every labelled defect), not from the good parts alone: 4x the
-    # sample on the benchmark's split (25 good of 100). See ``industrial_qc.verdict.choose_thresholds``.
-    fail_from_defect_free_regions: bool = True
+    # (their highest defect probability away from every labelled defect), not from the good parts alone.
+    fail_from_defect_free_regions: bool
     # What the thresholds apply to: "both" = sqrt(classifier defect probability x detector confidence) per
     # candidate, "classifier" = the classifier's probability alone. See ``industrial_qc.verdict``.
-    score: Literal["both", "classifier"] = "both"
+    score: Literal["both", "classifier"]
     # The parts the thresholds are read from: "val" = val alone; "train+val" adds the train split (scored by the
-    # trained models) when the val parts agree with it. See ``industrial_qc.verdict.choose_thresholds``: measured,
-    # it lowers the review rate but lets more defective held-out parts pass (train parts score a little high).
-    reference: Literal["train+val", "val"] = "val"
-    match_iou: float = Field(default=0.3, gt=0, le=1)  # a reported defect matches a ground-truth box
+    # trained models) when the val parts agree with it (train parts score a little high: more escapes).
+    reference: Literal["train+val", "val"]
+    match_iou: float = Field(gt=0, le=1)  # a reported defect matches a ground-truth box
 
 
 class InputConfig(StrictModel):
     """What the line and batch scoring accept as a part image (``industrial_qc.images.ImageLimits``)."""
 
-    max_pixels: int = Field(default=100_000_000, ge=1)  # checked on the header, before decoding
-    min_side: int = Field(default=32, ge=1)
+    max_pixels: int = Field(ge=1)  # checked on the header, before decoding
+    min_side: int = Field(ge=1)
 
 
 class QCConfig(StrictModel):
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    threads: int | None = None  # torch threads; None = all available cores
-    max_minutes: float | None = Field(default=None, gt=0)  # whole training (both stages); --max-minutes
-    detector_share: float = Field(default=0.75, gt=0, lt=1)  # of the budget, for stage 1
-    detector: DetectorConfig = Field(default_factory=DetectorConfig)
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
-    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
-    input: InputConfig = Field(default_factory=InputConfig)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int | None  # torch threads; None = all available cores
+    max_minutes: float | None = Field(gt=0)  # whole training (both stages); --max-minutes
+    detector_share: float = Field(gt=0, lt=1)  # of the budget, for stage 1
+    detector: DetectorConfig
+    classifier: ClassifierConfig
+    verdict: VerdictConfig
+    input: InputConfig
 
 
 def load_qc_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> QCConfig:

@@ -1,8 +1,7 @@
-"""Config models of the medical3d vertical that the torch-free side (preprocessing, scoring) needs.
+"""Config models of the medical3d vertical; every default lives in ``configs/medical3d/default.yaml``.
 
-The full training config (``pipeline.MedicalConfig``) adds the training section from ``common.engine``, which
-imports torch, so it lives on the torch side. The preprocessing section travels inside ``model.onnx`` metadata
-and is re-validated here by the scorer.
+No torch here: ``vsuite med preprocess`` and the scorer load these. The preprocessing section travels inside
+``model.onnx`` metadata and is re-validated by the scorer (``preprocess_from_metadata``).
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from common.config import CONFIG_DIR
+from common.config import CONFIG_DIR, TrainConfig, config_section, load_config
 from common.config import StrictModel as _CommonStrictModel
 
 DEFAULT_CONFIG = CONFIG_DIR / "medical3d" / "default.yaml"
 DEMO_CONFIG = CONFIG_DIR / "medical3d" / "demo.yaml"
-
 
 
 class StrictModel(_CommonStrictModel):
@@ -36,14 +34,14 @@ IntTriple = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Anno
 class ReadConfig(StrictModel):
     """What a study must look like to be accepted (``io.read_study``)."""
 
-    min_slices: int = Field(default=8, ge=1)  # along the shortest axis
+    min_slices: int = Field(ge=1)  # along the shortest axis
     # A DICOM slice gap that differs from the median gap by more than this fraction is a missing slice.
-    gap_tolerance: float = Field(default=0.2, gt=0, lt=1)
+    gap_tolerance: float = Field(gt=0, lt=1)
 
 
 class OrientConfig(StrictModel):
-    enabled: bool = True
-    code: Literal["LPS", "RAS", "LAS", "RPS", "LPI", "RAI", "LAI", "RPI"] = "LPS"
+    enabled: bool
+    code: Literal["LPS", "RAS", "LAS", "RPS", "LPI", "RAI", "LAI", "RPI"]
 
 
 class N4Config(StrictModel):
@@ -53,19 +51,18 @@ class N4Config(StrictModel):
     evaluated on the full-resolution grid and divided out.
     """
 
-    enabled: bool = True
-    shrink_factor: int = Field(default=4, ge=1, le=16)
+    enabled: bool
+    shrink_factor: int = Field(ge=1, le=16)
     # One entry per fitting level; the B-spline mesh doubles at every level.
-    # Tuned on the 160x192x192 benchmark phantom: four levels reach ANTs' residual CV; 30 iterations per level
-    # (instead of ANTs' 50) and an early stop at 1e-6 keep the fit well under half of ANTs' time.
-    iterations: list[int] = Field(default_factory=lambda: [30, 30, 30, 30], min_length=1)
-    convergence_threshold: float = Field(default=1e-6, ge=0)
-    control_points: int = Field(default=4, ge=4)  # at the first level, per axis (>= spline_order + 1)
-    spline_order: int = Field(default=3, ge=1, le=3)
-    histogram_bins: int = Field(default=200, ge=10)
-    fwhm: float = Field(default=0.15, gt=0)  # bias-field FWHM of the deconvolution kernel
-    wiener_noise: float = Field(default=0.01, gt=0)
-    otsu_bins: int = Field(default=128, ge=8)
+    # four levels of 30 iterations reach ANTs' residual CV in well under its time (benchmarks/RESULTS.md)
+    iterations: list[int] = Field(min_length=1)
+    convergence_threshold: float = Field(ge=0)
+    control_points: int = Field(ge=4)  # at the first level, per axis (>= spline_order + 1)
+    spline_order: int = Field(ge=1, le=3)
+    histogram_bins: int = Field(ge=10)
+    fwhm: float = Field(gt=0)  # bias-field FWHM of the deconvolution kernel
+    wiener_noise: float = Field(gt=0)
+    otsu_bins: int = Field(ge=8)
 
     @model_validator(mode="after")
     def _points_vs_order(self) -> N4Config:
@@ -75,21 +72,20 @@ class N4Config(StrictModel):
 
 
 class ResampleConfig(StrictModel):
-    spacing: Triple = (2.0, 2.0, 2.0)  # mm, x y z of the canonical grid
-    interpolator: Literal["linear", "bspline"] = "linear"
-    antialias: bool = True  # Gaussian pre-smoothing when the target spacing is coarser than the input
-    # Largest resampled grid: 512^3 float32 is 0.5 GiB a copy; a 500 x 500 x 2000 mm whole-body CT at 2 mm is
-    # 62.5M voxels, so only a wrong header spacing or size comes near it. Runs without the key get this default.
-    max_voxels: int = Field(default=512**3, ge=1)
+    spacing: Triple  # mm, x y z of the canonical grid
+    interpolator: Literal["linear", "bspline"]
+    antialias: bool  # Gaussian pre-smoothing when the target spacing is coarser than the input
+    # Largest resampled grid: 512^3 float32 is 0.5 GiB a copy; only a wrong header spacing or size comes near it.
+    max_voxels: int = Field(ge=1)
 
 
 class CropConfig(StrictModel):
-    size: IntTriple = (96, 96, 96)  # voxels, x y z; centred on the foreground box
+    size: IntTriple  # voxels, x y z; centred on the foreground box
 
 
 class IntensityConfig(StrictModel):
-    ct_window: tuple[float, float] = (-150.0, 250.0)  # HU, clipped and scaled to [0, 1]
-    zscore_clip: float = Field(default=5.0, gt=0)  # MRI: z-scores in the foreground mask, clipped to +-clip
+    ct_window: tuple[float, float]  # HU, clipped and scaled to [0, 1]
+    zscore_clip: float = Field(gt=0)  # MRI: z-scores in the foreground mask, clipped to +-clip
 
     @model_validator(mode="after")
     def _window_order(self) -> IntensityConfig:
@@ -102,21 +98,21 @@ class IntensityConfig(StrictModel):
 class PreprocessConfig(StrictModel):
     """Everything between a study on disk and the network input; stored in model.onnx for the scorer."""
 
-    modality: Modality = "mri"
-    read: ReadConfig = Field(default_factory=ReadConfig)
-    orient: OrientConfig = Field(default_factory=OrientConfig)
-    n4: N4Config = Field(default_factory=N4Config)
-    resample: ResampleConfig = Field(default_factory=ResampleConfig)
-    crop: CropConfig = Field(default_factory=CropConfig)
-    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+    modality: Modality
+    read: ReadConfig
+    orient: OrientConfig
+    n4: N4Config
+    resample: ResampleConfig
+    crop: CropConfig
+    intensity: IntensityConfig
 
 
 class DataConfig(StrictModel):
-    labels: list[str] | None = None  # class order; default: sorted labels of the manifest
-    positive_label: str = "lesion"  # the class whose sensitivity the threshold targets
-    split_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)  # train/val/test when no split column
-    seed: int = 0
-    cache_dir: Path | None = None  # default: $VSUITE_CACHE/medical3d or ~/.cache/vision-suite/medical3d
+    labels: list[str] | None  # class order; default: sorted labels of the manifest
+    positive_label: str  # the class whose sensitivity the threshold targets
+    split_fractions: tuple[float, float, float]  # train/val/test when no split column
+    seed: int
+    cache_dir: Path | None  # default: $VSUITE_CACHE/medical3d or ~/.cache/vision-suite/medical3d
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -128,42 +124,64 @@ class DataConfig(StrictModel):
 class VerdictConfig(StrictModel):
     """Positive when p(positive) >= threshold, chosen on validation for ``target_sensitivity``; REVIEW when
     p lies within ``review_band`` of the threshold and between the validation negatives and positives nearest
-    to it (``medical3d.pipeline.review_edges``)."""
+    to it (``medical3d.verdict.review_edges``)."""
 
-    target_sensitivity: float = Field(default=0.95, gt=0, le=1)
-    review_band: float = Field(default=0.1, ge=0, lt=0.5)
+    target_sensitivity: float = Field(gt=0, le=1)
+    review_band: float = Field(ge=0, lt=0.5)
 
 
 class ModelConfig(StrictModel):
-    network: Literal["cnn3d", "densenet121", "resnet18", "resnet34"] = "cnn3d"
-    width: int = Field(default=8, ge=4)  # cnn3d: channels of the first block (doubles per block)
-    dropout: float = Field(default=0.2, ge=0, lt=1)
-    norm: Literal["group", "batch", "instance", "none"] = "group"  # cnn3d: normalisation after every conv
+    network: Literal["cnn3d", "densenet121", "resnet18", "resnet34"]
+    width: int = Field(ge=4)  # cnn3d: channels of the first block (doubles per block)
+    dropout: float = Field(ge=0, lt=1)
+    norm: Literal["group", "batch", "instance", "none"]  # cnn3d: normalisation after every conv
     # cnn3d: fixed Hessian blob-filter scales (voxels) in front of the network; [] = raw volume only
-    blob_scales: list[Annotated[float, Field(gt=0, le=8)]] = Field(default_factory=lambda: [1.0, 1.5, 2.0])
+    blob_scales: list[Annotated[float, Field(gt=0, le=8)]]
 
 
 class AugmentConfig(StrictModel):
     """MONAI 3D augmentation applied to (1, D, H, W) training volumes."""
 
-    enabled: bool = True
-    flip_prob: float = Field(default=0.5, ge=0, le=1)  # per axis
-    affine_prob: float = Field(default=0.5, ge=0, le=1)
-    rotate_deg: float = Field(default=10.0, ge=0)
-    scale: float = Field(default=0.05, ge=0)
-    translate_vox: float = Field(default=4.0, ge=0)
-    intensity_prob: float = Field(default=0.5, ge=0, le=1)
-    intensity_scale: float = Field(default=0.1, ge=0)
-    intensity_shift: float = Field(default=0.1, ge=0)
-    noise_prob: float = Field(default=0.3, ge=0, le=1)
-    noise_std: float = Field(default=0.05, ge=0)
-    bias_field_prob: float = Field(default=0.3, ge=0, le=1)
+    enabled: bool
+    flip_prob: float = Field(ge=0, le=1)  # per axis
+    affine_prob: float = Field(ge=0, le=1)
+    rotate_deg: float = Field(ge=0)
+    scale: float = Field(ge=0)
+    translate_vox: float = Field(ge=0)
+    intensity_prob: float = Field(ge=0, le=1)
+    intensity_scale: float = Field(ge=0)
+    intensity_shift: float = Field(ge=0)
+    noise_prob: float = Field(ge=0, le=1)
+    noise_std: float = Field(ge=0)
+    bias_field_prob: float = Field(ge=0, le=1)
     # MONAI degree-3 fields: 0.03 gives gains of about 0.9-1.45; 0.3 would give up to 30x and wreck the volume.
-    bias_field_coeff: float = Field(default=0.03, ge=0, le=0.1)
+    bias_field_coeff: float = Field(ge=0, le=0.1)
 
 
 class RuntimeConfig(StrictModel):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(default=None, ge=1)  # torch and SimpleITK threads; None = all cores
-    seed: int = 0
-    gradcam_limit: int = Field(default=8, ge=0)  # Grad-CAM volumes written per eval
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int | None = Field(ge=1)  # torch and SimpleITK threads; None = all cores
+    seed: int
+    gradcam_limit: int = Field(ge=0)  # Grad-CAM volumes written per eval
+
+
+class MedicalConfig(StrictModel):
+    """The whole medical3d config (configs/medical3d/default.yaml)."""
+
+    preprocess: PreprocessConfig
+    data: DataConfig
+    model: ModelConfig
+    augment: AugmentConfig
+    train: TrainConfig
+    verdict: VerdictConfig
+    runtime: RuntimeConfig
+
+
+def load_medical_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> MedicalConfig:
+    """Config from ``path`` deep-merged over configs/medical3d/default.yaml, with ``--set`` overrides applied."""
+    return load_config(MedicalConfig, path, overrides, default_path=DEFAULT_CONFIG)
+
+
+def preprocess_from_metadata(meta: dict) -> PreprocessConfig:
+    """The preprocessing section stored in a run's model.onnx, keys added since then taken from default.yaml."""
+    return config_section(PreprocessConfig, DEFAULT_CONFIG, "preprocess", **meta)
