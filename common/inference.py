@@ -1,7 +1,7 @@
 """ONNX inference with onnxruntime: ``OnnxModel`` loads a self-describing ONNX file and runs batches.
 
-Importing this module must not import torch: the line script, batch scoring and the apps run on
-onnxruntime alone.
+Importing this module must import neither torch nor scikit-learn: the line script, batch scoring and the apps run
+on onnxruntime and numpy alone (``softmax`` lives here for them).
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ def _decode(value: str) -> Any:
         return json.loads(value)
     except (json.JSONDecodeError, TypeError):
         return value
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``; (N, C) -> (N, C) float64."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 _shared_pool: bool | None = None  # None: not requested; then whether this process's sessions share one pool

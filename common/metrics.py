@@ -10,14 +10,6 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature``; (N, C) -> (N, C)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
     """ECE of the top-1 prediction: sum over equal-width confidence bins of |accuracy - confidence| * bin share.
 

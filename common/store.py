@@ -1,12 +1,8 @@
 """The review store: every human decision on a result, kept in a database (SQLAlchemy 2).
 
 SQLite file by default (``reviews.sqlite`` next to the results file), any SQLAlchemy URL otherwise
-(``postgresql+psycopg://user@host/db`` works unchanged). Two tables:
-
-    reviews    one row per decision: app ("qc" | "med"), run id, item (file or study), reviewer, decision,
-               finding, note, details (JSON: per-defect actions, truth label, ...), record (JSON snapshot of the
-               result record the reviewer saw), created_at (UTC)
-    audit_log  one row per action: every decision ("review"), every export ("export.csv", "export.yolo"), ...
+(``postgresql+psycopg://user@host/db`` works unchanged). The tables and the engine setup are in
+``common.store_db``: ``reviews`` (one row per decision) and ``audit_log`` (one row per action).
 
 Append-only: nothing is updated, deleted or replaced (SQLite triggers refuse UPDATE, DELETE and an INSERT that
 reuses an id, which is what ``INSERT OR REPLACE`` does). A changed mind is a new row and the latest row (highest id)
@@ -28,32 +24,18 @@ import json
 import math
 import os
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from sqlalchemy import (
-    DDL,
-    JSON,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-)
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
 
 from common.errors import InputError
 from common.store_chain import (
     AUDIT_COLUMNS,
-    CONTENT_COLUMNS,
     REVIEW_COLUMNS,
     ChainReport,
     chain_complete,
@@ -61,72 +43,18 @@ from common.store_chain import (
     lock_for_append,
     next_link,
     row_hash,
-    sqlite_triggers,
     upgrade_legacy,
     verify_chain,
 )
+from common.store_db import AuditEntry, Base, Review, create_store_engine, is_locked, utcnow
 
 DEFAULT_DB_NAME = "reviews.sqlite"
-BUSY_TIMEOUT_S = 30.0
 LOCK_RETRIES = 5
 
 __all__ = ["AUDIT_COLUMNS", "REVIEW_COLUMNS", "ChainReport", "Store", "open_store", "verify_chain"]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Review(Base):
-    """One decision on one item. Never updated: the latest row of (app, run_id, item) is the current one."""
-
-    __tablename__ = "reviews"
-    __table_args__: ClassVar[dict] = {"sqlite_autoincrement": True}  # ids never reused: "highest id" stays "latest"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    app: Mapped[str] = mapped_column(String(16), index=True)
-    run_id: Mapped[str] = mapped_column(String(200), index=True)
-    item: Mapped[str] = mapped_column(String(1000), index=True)
-    reviewer: Mapped[str] = mapped_column(String(200))
-    decision: Mapped[str] = mapped_column(String(64))
-    finding: Mapped[str | None] = mapped_column(String(1000), nullable=True)
-    note: Mapped[str] = mapped_column(Text, default="")
-    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    record: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    row_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
-
-class AuditEntry(Base):
-    """Who did what, when: decisions and exports."""
-
-    __tablename__ = "audit_log"
-    __table_args__: ClassVar[dict] = {"sqlite_autoincrement": True}
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(64), index=True)
-    app: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    run_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    item: Mapped[str | None] = mapped_column(String(1000), nullable=True)
-    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), nullable=True)
-    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    row_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
-
-for _table in CONTENT_COLUMNS:
-    for _ddl in sqlite_triggers(_table).values():
-        event.listen(Base.metadata.tables[_table], "after_create", DDL(_ddl).execute_if(dialect="sqlite"))
-
-
-# ---------------------------------------------------------------------------------------------- engine
+# ---------------------------------------------------------------------------------------------- opening
 def default_db_path(results: Path | str) -> Path:
     """Where the review database lives when no --db is given: next to the results file."""
     return Path(results).expanduser().resolve().parent / DEFAULT_DB_NAME
@@ -145,51 +73,13 @@ def resolve_url(url_or_path: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL + busy timeout on every connection; transactions begun by us (pysqlite's own begin is disabled) so a
-    write can start with ``BEGIN IMMEDIATE``: it takes the write lock up front and waits for it (busy timeout)
-    instead of failing on a read->write upgrade."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:
-        dbapi_conn.isolation_level = None  # autocommit at the driver level; "begin" below opens transactions
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = FULL")  # a signed-off review survives a power cut
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _is_locked(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 class Store:
     """A review database. Thread-safe (one engine, a connection per call); share one per process."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
-        if self.is_sqlite:
-            path = make_url(url).database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
-        try:
-            self.engine = create_engine(url, **kwargs)
-        except (NoSuchModuleError, ImportError) as exc:
-            raise InputError(f"--db {make_url(url).render_as_string(hide_password=True)}: no SQLAlchemy dialect or "
-                             f"driver for it is installed ({exc})") from exc
-        if self.is_sqlite:
-            _sqlite_setup(self.engine)
+        self.engine = create_store_engine(url)
         self._create_schema()
         self._ensure_chain()
 
@@ -203,7 +93,7 @@ class Store:
                 Base.metadata.create_all(self.engine)
                 return
             except OperationalError as exc:
-                if attempt == LOCK_RETRIES - 1 or not (_is_locked(exc) or "already exists" in str(exc)):
+                if attempt == LOCK_RETRIES - 1 or not (is_locked(exc) or "already exists" in str(exc)):
                     raise InputError(f"{self}: cannot open review database ({exc.orig})") from exc
                 time.sleep(0.1 * (attempt + 1))
 
@@ -242,7 +132,7 @@ class Store:
                     lock_for_append(conn)
                     return fn(conn)
             except OperationalError as exc:
-                if attempt == LOCK_RETRIES - 1 or not _is_locked(exc):
+                if attempt == LOCK_RETRIES - 1 or not is_locked(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")

@@ -1,5 +1,4 @@
 import itertools
-import math
 import time
 
 import numpy as np
@@ -7,26 +6,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.calibration import fit_temperature
-from common.engine import (
-    FocalLoss,
-    StageConfig,
-    TrainConfig,
-    balanced_class_weights,
-    evaluate,
-    fit,
-    fit_cycle_to_deadline,
-    load_checkpoint,
-)
-from common.metrics import expected_calibration_error, softmax
-from tests.common.toys import TinyNet, blobs
+from common.checkpoints import load_checkpoint
+from common.config import StageConfig
+from common.engine import fit
+from common.epoch import evaluate
+from tests.common.toys import TinyNet, blobs, train_config
 
 
 def test_fit_reaches_high_accuracy_on_separable_toy(tmp_path, toy_loaders):
     train, val = toy_loaders
     torch.manual_seed(0)
     model = TinyNet()
-    cfg = TrainConfig(epochs=6, lr=3e-3, t0=6, monitor="accuracy", patience=6)
+    cfg = train_config(epochs=6, lr=3e-3, t0=6, monitor="accuracy", patience=6)
     res = fit(model, train, val, cfg, tmp_path, ["a", "b"], config_snapshot={"seed": 0})
     out = evaluate(model, val, labels=["a", "b"])
     assert out.metrics["accuracy"] >= 0.95
@@ -46,7 +37,7 @@ def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it(tmp_path, toy_loaders):
     model = TinyNet()
     seen: list[tuple[bool, torch.dtype]] = []
     model.head.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
-    cfg = TrainConfig(epochs=4, lr=3e-3, t0=4, monitor="accuracy", patience=4, cpu_bf16=True)
+    cfg = train_config(epochs=4, lr=3e-3, t0=4, monitor="accuracy", patience=4, cpu_bf16=True)
     fit(model, train, val, cfg, tmp_path, ["a", "b"])
     assert {dtype for training, dtype in seen if training} == {torch.bfloat16 if cpu_bf16_native() else torch.float32}
     assert {dtype for training, dtype in seen if not training} == {torch.float32}
@@ -58,14 +49,14 @@ def test_resume_continues_from_last_checkpoint(tmp_path, toy_loaders):
     train, val = toy_loaders
     torch.manual_seed(0)
     model = TinyNet()
-    fit(model, train, val, TrainConfig(epochs=2, lr=3e-3, patience=10), tmp_path, ["a", "b"])
+    fit(model, train, val, train_config(epochs=2, lr=3e-3, patience=10), tmp_path, ["a", "b"])
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 1 and len(last["history"]) == 2
 
     # A fresh model resumed from last.pt starts from those weights and trains only the remaining epochs.
     torch.manual_seed(123)
     resumed = TinyNet()
-    res = fit(resumed, train, val, TrainConfig(epochs=4, lr=3e-3, patience=10), tmp_path, ["a", "b"], resume=True)
+    res = fit(resumed, train, val, train_config(epochs=4, lr=3e-3, patience=10), tmp_path, ["a", "b"], resume=True)
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     assert res.history[:2] == last["history"]
     final = load_checkpoint(tmp_path / "last.pt")
@@ -75,7 +66,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, toy_loaders):
 
 def test_deadline_stops_training_cleanly(tmp_path, toy_loaders):
     train, val = toy_loaders
-    res = fit(TinyNet(), train, val, TrainConfig(epochs=50, patience=50), tmp_path, ["a", "b"],
+    res = fit(TinyNet(), train, val, train_config(epochs=50, patience=50), tmp_path, ["a", "b"],
               deadline=time.monotonic())
     assert res.stopped_reason == "time budget reached"
     assert len(res.history) == 1 and res.history[0]["partial"]
@@ -96,7 +87,7 @@ def test_deadline_fits_the_cosine_cycle_so_the_rate_has_annealed(tmp_path):
     x, y = blobs(64, 0)
     train = DataLoader(_SlowBatches(x, y), batch_size=16)  # ~0.25 s per epoch
     val = DataLoader(TensorDataset(*blobs(32, 1)), batch_size=32)
-    cfg = TrainConfig(epochs=200, t0=200, lr=1e-2, min_lr=0.0, patience=200)
+    cfg = train_config(epochs=200, t0=200, lr=1e-2, min_lr=0.0, patience=200)
     res = fit(TinyNet(), train, val, cfg, tmp_path, ["a", "b"], deadline=time.monotonic() + 2.5)
     assert res.stopped_reason == "time budget reached"
     lrs = [h["lr"] for h in res.history]
@@ -107,26 +98,8 @@ def test_deadline_fits_the_cosine_cycle_so_the_rate_has_annealed(tmp_path):
     assert state["configured_T_0"] == 200 and state["T_0"] < 200
 
     # Without a deadline the configured cycle stands.
-    res = fit(TinyNet(), train, val, TrainConfig(epochs=2, t0=200, lr=1e-2, patience=9), tmp_path / "b", ["a", "b"])
+    res = fit(TinyNet(), train, val, train_config(epochs=2, t0=200, lr=1e-2, patience=9), tmp_path / "b", ["a", "b"])
     assert res.history[-1]["lr"] > 0.99 * 1e-2
-
-
-def test_fit_cycle_to_deadline_rules():
-    opt = torch.optim.AdamW(TinyNet().parameters(), lr=1.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=60, eta_min=0.0)
-    assert fit_cycle_to_deadline(sched, 1, epoch_seconds=10, seconds_left=95, epochs_planned=60) == 11
-    assert fit_cycle_to_deadline(sched, 5, epoch_seconds=10, seconds_left=300, epochs_planned=60) == 35  # regrows
-    assert fit_cycle_to_deadline(sched, 5, epoch_seconds=10, seconds_left=9999, epochs_planned=60) == 60  # capped
-    assert fit_cycle_to_deadline(sched, 5, epoch_seconds=10, seconds_left=9999, epochs_planned=20) == 20
-    assert fit_cycle_to_deadline(sched, 9, epoch_seconds=10, seconds_left=0, epochs_planned=60) == 10  # >= next
-    sched.step(9.5)
-    assert opt.param_groups[0]["lr"] < 0.01  # the cut-short last epoch runs near the minimum
-    sched.step(10.0)  # an epoch that ended the cycle exactly leaves the restart rate behind ...
-    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
-    assert fit_cycle_to_deadline(sched, 10, epoch_seconds=10, seconds_left=25, epochs_planned=60) == 13
-    # ... and the re-fit puts it back on the new cycle, 10 epochs into 13
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 13)))
-    assert fit_cycle_to_deadline(sched, 60, epoch_seconds=10, seconds_left=500, epochs_planned=120) is None
 
 
 def test_staged_unfreezing_trains_head_first(tmp_path, toy_loaders):
@@ -135,13 +108,13 @@ def test_staged_unfreezing_trains_head_first(tmp_path, toy_loaders):
     model = TinyNet()
     trunk0 = [p.detach().clone() for p in model.features.parameters()]
     head0 = [p.detach().clone() for p in model.head.parameters()]
-    cfg = TrainConfig(stages=[StageConfig(epochs=1, lr=1e-2, trainable=["head"])], patience=5)
+    cfg = train_config(stages=[StageConfig(epochs=1, lr=1e-2, trainable=["head"])], patience=5)
     fit(model, train, val, cfg, tmp_path / "s1", ["a", "b"])
     assert all(torch.equal(a, b) for a, b in zip(trunk0, model.features.parameters(), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(head0, model.head.parameters(), strict=True))
 
-    cfg2 = TrainConfig(stages=[StageConfig(epochs=1, lr=1e-2, trainable=["head"]),
-                               StageConfig(epochs=1, lr=1e-3, trainable=["*"])], patience=5, monitor="loss")
+    cfg2 = train_config(stages=[StageConfig(epochs=1, lr=1e-2, trainable=["head"]),
+                                StageConfig(epochs=1, lr=1e-3, trainable=["*"])], patience=5, monitor="loss")
     model2 = TinyNet()
     trunk_before = [p.detach().clone() for p in model2.features.parameters()]
     res = fit(model2, train, val, cfg2, tmp_path / "s2", ["a", "b"])
@@ -154,20 +127,6 @@ def test_staged_unfreezing_trains_head_first(tmp_path, toy_loaders):
     assert any(moved)
 
 
-def test_focal_loss_with_gamma_zero_is_cross_entropy():
-    logits = torch.randn(16, 3)
-    y = torch.randint(0, 3, (16,))
-    ce = torch.nn.functional.cross_entropy(logits, y)
-    assert FocalLoss(gamma=0.0)(logits, y).item() == pytest.approx(ce.item(), rel=1e-5)
-    # focusing down-weights easy examples: focal loss is never above CE
-    assert FocalLoss(gamma=2.0)(logits, y).item() <= ce.item()
-
-
-def test_class_weights_balanced():
-    w = balanced_class_weights([90, 10])
-    assert w.tolist() == pytest.approx([100 / 180, 100 / 20])
-
-
 def test_focal_and_class_weighted_training_on_imbalanced_toy(tmp_path):
     torch.manual_seed(0)
     x, y = blobs(600, 3)
@@ -175,35 +134,10 @@ def test_focal_and_class_weighted_training_on_imbalanced_toy(tmp_path):
     train = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=32, shuffle=True)
     xv, yv = blobs(200, 4)
     val = DataLoader(TensorDataset(xv, yv), batch_size=100)
-    cfg = TrainConfig(epochs=5, lr=3e-3, loss="focal", class_weighting="balanced", focal_gamma=2.0, patience=5)
+    cfg = train_config(epochs=5, lr=3e-3, loss="focal", class_weighting="balanced", focal_gamma=2.0, patience=5)
     counts = np.bincount(y[keep].numpy(), minlength=2).tolist()
     model = TinyNet()
     fit(model, train, val, cfg, tmp_path, ["maj", "min"], class_counts=counts)
     out = evaluate(model, val, labels=["maj", "min"])
     assert out.metrics["per_class"]["min"]["recall"] >= 0.9
     assert out.metrics["balanced_accuracy"] >= 0.9
-
-
-def test_temperature_scaling_lowers_ece_of_overconfident_model(tmp_path):
-    """Train far past the point of overfitting on noisy labels: confident and often wrong; T fixes that."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny full-batch steps: extra threads only add sync overhead on a busy machine
-    xt, yt = blobs(128, 5, noise=1.4, flip=0.2)
-    xv, yv = blobs(1000, 6, noise=1.4, flip=0.2)
-    model = TinyNet(hidden=128)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(600):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    with torch.no_grad():
-        logits = model(xv).numpy()
-    y = yv.numpy()
-    ece_before = expected_calibration_error(y, softmax(logits))
-    t = fit_temperature(logits, y)
-    ece_after = expected_calibration_error(y, softmax(logits, t))
-    assert t > 1.5, "an overfit model should need a temperature well above 1"
-    assert ece_before > 0.1
-    assert ece_after < ece_before / 2

@@ -9,17 +9,7 @@ from torch import nn
 
 from common.export import ExportError, export_onnx, quantize_int8, write_metadata
 from common.inference import OnnxModel
-
-
-class Small2D(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
+from tests.common.toys import META, Small2D
 
 
 class Small3D(nn.Module):
@@ -30,11 +20,6 @@ class Small3D(nn.Module):
 
     def forward(self, x):
         return self.fc(self.body(x))
-
-
-META = {"task": "classify", "labels": ["scratch", "pit", "stain", "background"], "temperature": 1.7,
-        "preprocessing": {"size": 64, "mean": [0.485, 0.456, 0.406]}, "thresholds": {"fail": 0.6, "review": 0.3},
-        "data_fingerprint": "abc123"}
 
 
 def test_export_round_trip_parity_and_metadata(tmp_path):
@@ -89,46 +74,6 @@ def test_parity_failure_is_reported(tmp_path):
 
     with pytest.raises(ExportError, match="differs from torch"):
         export_onnx(Noisy(), torch.rand(1, 4), tmp_path / "n.onnx", {})
-
-
-def test_onnx_model_errors_name_the_file(tmp_path):
-    from common.errors import InputError
-
-    with pytest.raises(InputError, match="not found"):
-        OnnxModel(tmp_path / "missing.onnx")
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not a model")
-    with pytest.raises(InputError, match="bad.onnx: not a loadable ONNX model"):
-        OnnxModel(bad)
-
-
-def test_importing_inference_does_not_import_torch():
-    code = "import sys, common.inference, common.results, common.rundir, common.metrics, common.calibration; " \
-           "assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-SHARED_POOL_SCRIPT = """
-import sys, numpy as np
-from common.inference import OnnxModel, share_thread_pool, shared_pool_active
-assert not shared_pool_active()
-assert share_thread_pool() and shared_pool_active()
-a, b = OnnxModel(sys.argv[1]), OnnxModel(sys.argv[1])  # two sessions on the one pool, as on the line
-x = np.load(sys.argv[2])
-np.save(sys.argv[3], a.run(x)); assert np.array_equal(a.run(x), b.run(x))
-"""
-
-
-def test_sessions_on_the_shared_pool_give_the_same_outputs(tmp_path):
-    """`qc inspect` and `score` put their sessions on one process-wide pool; the numbers must not change."""
-    torch.manual_seed(0)
-    export_onnx(Small2D().eval(), torch.rand(1, 3, 64, 64), tmp_path / "m.onnx", META)
-    x = np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32)
-    np.save(tmp_path / "x.npy", x)
-    subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"),
-                    str(tmp_path / "y.npy")], check=True, capture_output=True)
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), OnnxModel(tmp_path / "m.onnx").run(x), rtol=1e-5,
-                               atol=1e-6)
 
 
 def test_int8_copy_tracks_fp32_and_keeps_metadata(tmp_path):

@@ -1,13 +1,9 @@
-import os
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from common.errors import InputError
 from common.explain import grad_cam
-from common.runtime import configure_offline, pick_device, seed_everything, set_torch_threads
 
 
 class SpotNet(nn.Module):
@@ -45,22 +41,3 @@ def test_grad_cam_peaks_on_the_evidence(shape, spot):
 def test_grad_cam_rejects_unknown_layer():
     with pytest.raises(ValueError, match="not a submodule"):
         grad_cam(SpotNet(2), torch.zeros(1, 1, 8, 8), "nope")
-
-
-def test_runtime_helpers():
-    configure_offline()
-    assert os.environ["YOLO_OFFLINE"] == "True"
-    seed_everything(7)
-    a = torch.rand(3)
-    seed_everything(7)
-    assert torch.equal(a, torch.rand(3))
-    assert pick_device("cpu").type == "cpu"
-    assert pick_device("auto").type in ("cpu", "cuda")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="no CUDA"):
-            pick_device("cuda")
-    with pytest.raises(InputError):
-        pick_device("tpu")
-    n = torch.get_num_threads()
-    assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
-    torch.set_num_threads(n)
