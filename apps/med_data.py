@@ -42,7 +42,8 @@ def _study_name(source: str) -> str:
 
 
 def positive_label(run: dict | None, labels: list[str]) -> str | None:
-    """The class whose probability orders the worklist: run.json's, else the config's, else the second label."""
+    """The class whose probability orders the worklist: run.json's (older runs: in its ``decision``), else the
+    config's, else the second label."""
     run = run or {}
     for v in (run.get("positive_label"), (run.get("decision") or {}).get("positive_label"),
               ((run.get("config") or {}).get("data") or {}).get("positive_label")):

@@ -122,7 +122,8 @@ def viewer(ctx: dict, s: dict) -> None:
 def compute_n4(ctx: dict, original: med_view.Volume, key: str):
     """N4 on the displayed study with the run's N4 settings (model metadata) or the defaults; kept per session."""
     try:
-        from medical3d.config import N4Config
+        from common.config import config_section
+        from medical3d.config import DEFAULT_CONFIG, N4Config
         from medical3d.preprocess import n4_correct
     except Exception as exc:
         st.error(md(f"N4 is not available here: {type(exc).__name__}: {exc}"))
@@ -130,9 +131,9 @@ def compute_n4(ctx: dict, original: med_view.Volume, key: str):
     meta = ctx["model_md"]
     pre = meta.get("preprocess") or meta.get("preprocessing") or {}
     try:
-        cfg = N4Config.model_validate(pre.get("n4", {})) if isinstance(pre, dict) else N4Config()
+        cfg = config_section(N4Config, DEFAULT_CONFIG, "preprocess.n4", **(pre.get("n4") or {}))
     except Exception:
-        cfg = N4Config()
+        cfg = config_section(N4Config, DEFAULT_CONFIG, "preprocess.n4")
     try:
         with st.spinner("N4 bias correction..."):
             _, bias, _ = n4_correct(original.image, cfg)

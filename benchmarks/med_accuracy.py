@@ -64,9 +64,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from medical3d.config import load_medical_config
     from medical3d.evaluate import evaluate_run
-    from medical3d.pipeline import load_medical_config, train
     from medical3d.synth import synth_dataset
+    from medical3d.train import train
 
     console = Console()
     size, overrides = None, list(args.overrides)

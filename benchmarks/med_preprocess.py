@@ -128,8 +128,8 @@ def onnx_inference_ms(workdir: Path, run_dir: Path | None, repeats: int) -> dict
         import torch
 
         from common.export import export_onnx
+        from medical3d.config import load_medical_config
         from medical3d.models import build_model
-        from medical3d.pipeline import load_medical_config
 
         cfg = load_medical_config()
         model = build_model(cfg.model, 2).eval()

@@ -5,6 +5,7 @@ Top-level imports stay light (typer, pathlib) so ``vsuite --help`` is fast; each
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -14,6 +15,18 @@ app = typer.Typer(help="CT/MRI study classification: synthesize, preprocess (N4)
 
 _CONFIG_HELP = "Config YAML (default: configs/medical3d/default.yaml)."
 _SET_HELP = "Override a config key, e.g. --set train.epochs=5 (repeatable)."
+
+
+class Modality(StrEnum):
+    mri = "mri"
+    ct = "ct"
+
+
+class Split(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
 
 
 def _console():
@@ -26,7 +39,7 @@ def _console():
 def synth(
     out: Path = typer.Argument(..., help="Output folder (studies/, manifest.csv, cases.jsonl)."),
     cases: int = typer.Option(40, "--cases", min=2, help="Number of studies (half with a lesion)."),
-    modality: str = typer.Option("mri", "--modality", help="mri or ct."),
+    modality: Modality = typer.Option(Modality.mri, "--modality", help="Imaging modality of the phantoms."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same studies."),
     size: int = typer.Option(None, "--size", min=16, help="Voxels per axis (e.g. 32 for tests); default: "
                              "clinical spacings."),
@@ -37,27 +50,14 @@ def synth(
     from rich.table import Table
 
     from common.errors import InputError
-    from common.progress import add_task, make_progress, update_rate
-    from medical3d.synth import synth_dataset
+    from medical3d.workflows import synth_studies
 
-    if modality not in ("mri", "ct"):
-        raise InputError(f"--modality {modality!r}: expected mri or ct")
     if lesion_max < lesion_min:
         raise InputError(f"--lesion-max {lesion_max} < --lesion-min {lesion_min}")
     console = _console()
-    counts: dict[str, int] = {}
-    progress = make_progress(console)
-    with progress:
-        task = add_task(progress, f"synth {modality}", total=cases)
-
-        def on_case(spec) -> None:
-            counts[f"{spec.label} / {spec.format}"] = counts.get(f"{spec.label} / {spec.format}", 0) + 1
-            progress.update(task, advance=1, info=f"{spec.kind} {spec.orientation}")
-            update_rate(progress, task, "study")
-
-        manifest = synth_dataset(out, cases, modality, seed, size=size, lesion_radius_mm=(lesion_min, lesion_max),
-                                 on_case=on_case)
-    table = Table(title=f"{cases} {modality} studies")
+    manifest, counts = synth_studies(out, cases, modality.value, seed, size=size,
+                                     lesion_radius_mm=(lesion_min, lesion_max), console=console)
+    table = Table(title=f"{cases} {modality.value} studies")
     table.add_column("label / format")
     table.add_column("studies", justify="right")
     for k in sorted(counts):
@@ -77,13 +77,13 @@ def preprocess(
     """Preprocess studies: writes <study>_preprocessed.nii.gz, <study>_bias.nii.gz (MRI) and <study>_qa.json."""
     from rich.table import Table
 
-    from medical3d.pipeline import configure_runtime, load_medical_config
+    from medical3d.config import load_medical_config
     from medical3d.workflows import preprocess_studies
 
     console = _console()
     cfg = load_medical_config(config, set_)
-    configure_runtime(cfg.runtime)
-    rows = preprocess_studies(inputs, out, cfg.preprocess, series_uid=series_uid, console=console)
+    rows = preprocess_studies(inputs, out, cfg.preprocess, series_uid=series_uid, threads=cfg.runtime.threads,
+                              console=console)
     table = Table(title=f"preprocessed -> {out}")
     for col in ("study", "status", "orientation", "N4 s", "CV before", "CV after", "bias range"):
         table.add_column(col)
@@ -108,8 +108,8 @@ def train(
     max_minutes: float = typer.Option(None, "--max-minutes", min=0.05, help="Training wall-time cap."),
 ) -> None:
     """Train a 3D CNN on a manifest; writes run.json, model.onnx, checkpoints/, metrics.json and plots/."""
-    from medical3d.pipeline import load_medical_config
-    from medical3d.pipeline import train as run_train
+    from medical3d.config import load_medical_config
+    from medical3d.train import train as run_train
     from medical3d.workflows import print_metrics
 
     console = _console()
@@ -125,17 +125,14 @@ def train(
 def eval_(
     run: Path = typer.Argument(..., help="Run directory written by `vsuite med train`."),
     manifest: Path = typer.Argument(..., help="manifest.csv or folder per class."),
-    split: str = typer.Option("test", "--split", help="train, val, test or all."),
+    split: Split = typer.Option(Split.test, "--split", help="Manifest split to evaluate (all: every study)."),
     gradcam: int = typer.Option(None, "--gradcam", min=0, help="Grad-CAM volumes to write (default: config)."),
 ) -> None:
     """AUROC, accuracy, sensitivity/specificity at the run's threshold, confusion matrix, ECE, Grad-CAM."""
-    from common.errors import InputError
     from medical3d.evaluate import evaluate_run
     from medical3d.workflows import print_metrics
 
-    if split not in ("train", "val", "test", "all"):
-        raise InputError(f"--split {split!r}: expected train, val, test or all")
     console = _console()
-    metrics = evaluate_run(run, manifest, split, console=console, gradcam_limit=gradcam)
-    print_metrics(console, metrics, split)
+    metrics = evaluate_run(run, manifest, split.value, console=console, gradcam_limit=gradcam)
+    print_metrics(console, metrics, split.value)
     console.print(f"metrics, predictions, plots and Grad-CAM: [bold]{metrics['out_dir']}[/]")

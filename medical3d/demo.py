@@ -21,10 +21,11 @@ def run_demo(workdir: Path, *, console: Console | None = None, minutes: float = 
     """
     from common.results import abs_path
     from common.rundir import read_run_json
+    from medical3d.config import load_medical_config
     from medical3d.evaluate import evaluate_run
-    from medical3d.pipeline import load_medical_config, load_split_cases, train
     from medical3d.score import score
     from medical3d.synth import synth_dataset
+    from medical3d.train import load_split_cases, train
     from medical3d.workflows import print_metrics
 
     console = console or Console()

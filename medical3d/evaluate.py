@@ -15,31 +15,31 @@ import SimpleITK as sitk
 import torch
 from rich.console import Console
 
-from common.engine import load_checkpoint
+from common.checkpoints import load_checkpoint
+from common.config import config_section
 from common.errors import InputError
+from common.inference import OnnxModel
 from common.results import write_records
-from common.rundir import read_run_json, update_run_json
+from common.rundir import read_run_json, update_run_json, verify_model_file
 from medical3d import plots
+from medical3d.config import DEFAULT_CONFIG, MedicalConfig
 from medical3d.data import PreprocessCache
 from medical3d.io import study_id
 from medical3d.models import GRADCAM_LAYERS, build_model
-from medical3d.pipeline import (
-    MedicalConfig,
-    configure_runtime,
-    decision_metrics,
-    load_split_cases,
-    prepare_with_progress,
-)
-from medical3d.verdict import DecisionRule
+from medical3d.train import configure_runtime, load_split_cases, prepare_with_progress
+from medical3d.verdict import DecisionRule, decision_metrics
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, MedicalConfig, DecisionRule, dict]:
-    """The best checkpoint of a run as an eval-mode torch model, with its config and decision rule."""
+    """The best checkpoint of a run as an eval-mode torch model, with its config and the decision rule (from
+    model.onnx's metadata, its one home)."""
     run = read_run_json(run_dir)
     if run.get("vertical") != "medical3d":
         raise InputError(f"{run_dir}/run.json: vertical is {run.get('vertical')!r}, not medical3d")
-    cfg = MedicalConfig.model_validate(run["config"])
-    rule = DecisionRule.from_metadata(run["decision"])
+    cfg = config_section(MedicalConfig, DEFAULT_CONFIG, "", **run["config"])
+    model_path = Path(run_dir) / "model.onnx"
+    verify_model_file(run, model_path)
+    rule = DecisionRule.from_metadata(OnnxModel(model_path).metadata, source=f"{model_path} metadata")
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
     model = build_model(cfg.model, len(rule.labels))
     model.load_state_dict(ckpt["model"])

@@ -2,7 +2,7 @@
 
 Everything goes through SimpleITK, so an image keeps its origin, spacing and direction (physical space).
 Errors are ``InputError`` messages that name the file or folder and say what is wrong with it. Writing lives in
-``medical3d.writers`` (``write_volume``, ``write_dicom_series``, re-exported here).
+``medical3d.writers`` (``write_volume``, ``write_dicom_series``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from common.config import config_section
 from common.errors import InputError
 from common.results import abs_path as source_path
 from common.results import display_text as shown
-from medical3d.config import ReadConfig
+from medical3d.config import DEFAULT_CONFIG, ReadConfig
 from medical3d.integrity import check_volume_data
 from medical3d.paths import sitk_file, sitk_folder
-from medical3d.writers import write_dicom_series, write_volume  # noqa: F401 - re-exported
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
@@ -216,7 +216,7 @@ def read_study(path: str | Path, cfg: ReadConfig | None = None, series_uid: str 
     Returns the image in its stored geometry and a ``StudyInfo``. Raises ``InputError`` naming the path when
     it is missing, unreadable, or fails ``validate_image`` / the DICOM slice-gap check.
     """
-    cfg = cfg or ReadConfig()
+    cfg = cfg or config_section(ReadConfig, DEFAULT_CONFIG, "preprocess.read")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{shown(path)}: no such file or folder")

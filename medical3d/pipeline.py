@@ -1,330 +1,112 @@
-"""Training glue of the medical3d vertical: config, datasets, augmentation, fit, calibration, export.
+"""Inference of the medical3d vertical, a study in, a record out: SimpleITK preprocessing + onnxruntime, no torch.
 
-``train`` turns a manifest into a run directory::
-
-    runs/<name>/run.json  model.onnx  checkpoints/{best,last}.pt  metrics.json  plots/{roc,confusion,calibration}.png
-
-The loop itself is ``common.engine.fit``; this module only feeds it and packages what comes out.
+``StudyScorer`` loads a run's model.onnx and the rule stored in its metadata (labels, preprocessing, threshold,
+temperature, REVIEW band) and turns one study into one record: label, calibrated probabilities, verdict, QA fields,
+``status`` and ``reason``, ``source`` its absolute path. A study that cannot be read, preprocessed or run is an
+error record, whatever the exception. The metadata is validated when the scorer loads: a run that cannot be judged
+by (NaN threshold, labels that do not fit the model's output, ...) refuses to load. A model answer that is not
+finite is a REVIEW verdict with the reason, never a call. Batch scoring over many inputs is ``medical3d.score``.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from pydantic import Field
-from rich.console import Console
-from torch.utils.data import DataLoader, Dataset
 
-from common.calibration import fit_temperature_bias
-from common.config import StrictModel, config_snapshot, load_config
-from common.engine import TrainConfig, fit
 from common.errors import InputError
-from common.metrics import binary_rates, classification_metrics, threshold_for_recall
-from common.progress import add_task, make_progress, update_rate
-from common.runtime import pick_device, seed_everything, set_torch_threads
-from medical3d.config import (
-    DEFAULT_CONFIG,
-    AugmentConfig,
-    DataConfig,
-    ModelConfig,
-    PreprocessConfig,
-    RuntimeConfig,
-    VerdictConfig,
-)
-from medical3d.data import (
-    Case,
-    Prepared,
-    PreprocessCache,
-    assign_splits,
-    data_fingerprint,
-    label_order,
-    load_cases,
-    prepare_cases,
-)
-from medical3d.verdict import DecisionRule
+from common.inference import OnnxModel
+from common.results import abs_path as source_path
+from common.results import display_text as shown
+from common.results import error_record, now_iso
+from medical3d.config import PreprocessConfig, preprocess_from_metadata
+from medical3d.io import study_id
+from medical3d.preprocess import PreprocessResult, preprocess_study
+from medical3d.verdict import REVIEW, DecisionRule
+
+QA_FIELDS = ("format", "series_uid", "series_choice", "orientation", "oblique_deg", "original_size",
+             "original_spacing", "n4_seconds", "bias_min", "bias_max", "cv_before", "cv_after",
+             "foreground_clipped", "preprocess_seconds")
+NON_FINITE = "model output is not finite (NaN or infinite logits): no call can be made, sent to REVIEW"
 
 
-class MedicalConfig(StrictModel):
-    """The whole medical3d config (configs/medical3d/default.yaml)."""
+class StudyScorer:
+    """model.onnx + its metadata (labels, preprocessing, threshold, temperature) -> one record per study."""
 
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(
-        epochs=60, batch_size=4, t0=20, min_lr=1e-5, monitor="auroc", patience=20))
-    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+        self.model = OnnxModel(model_path, threads=threads)
+        meta = self.model.metadata
+        self.preprocess = stored_preprocessing(meta, model_path)
+        self.rule = DecisionRule.from_metadata(meta, source=f"{model_path} metadata")
+        check_model_shapes(self.model, self.rule, self.preprocess)
 
+    def score_study(self, path: Path) -> dict:
+        """One record for the study at ``path``; any failure is an error record naming it and what went wrong."""
+        t0 = time.perf_counter()
+        source, name = source_path(path), study_id(Path(path))
+        stage = "preprocessing"
+        try:
+            result = preprocess_study(path, self.preprocess)
+            stage = "inference"
+            t_inf = time.perf_counter()
+            logits = self.model.run(result.array()[None])
+            inference_ms = (time.perf_counter() - t_inf) * 1000
+            probs = self.rule.probabilities(logits)[0]
+        except InputError as exc:
+            return error_record(source, str(exc), study=name)
+        except Exception as exc:  # one hostile study (SimpleITK, MemoryError, onnxruntime, ...) never ends the batch
+            return error_record(source, f"{shown(path)}: {stage} failed ({type(exc).__name__}: {exc})", study=name)
+        return self.study_record(source, name, probs, result, inference_ms, t0)
 
-def load_medical_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> MedicalConfig:
-    return load_config(MedicalConfig, path, overrides, default_path=DEFAULT_CONFIG)
+    def study_record(self, source: str, name: str, probs: np.ndarray, result: PreprocessResult,
+                     inference_ms: float, t0: float) -> dict:
+        """The record of a study that went through: probs (C,) calibrated; non-finite ones make a REVIEW."""
+        finite = bool(np.isfinite(probs).all())
+        return {
+            "source": source,
+            "study": name,
+            "status": "ok",
+            "reason": None if finite else NON_FINITE,
+            "label": self.rule.predicted_labels(probs[None])[0],
+            "verdict": self.rule.verdicts(probs[None])[0] if finite else REVIEW,
+            "score": float(probs[self.rule.positive_index]) if finite else None,
+            "probabilities": ({label: float(p) for label, p in zip(self.rule.labels, probs, strict=True)}
+                              if finite else None),
+            "threshold": self.rule.threshold,
+            **{k: result.qa.get(k) for k in QA_FIELDS},
+            "inference_ms": round(inference_ms, 2),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "timestamp": now_iso(),
+        }
 
-
-# ---------------------------------------------------------------- datasets
-
-
-class VolumeDataset(Dataset):
-    """In-memory preprocessed volumes. Item: (x (1, D, H, W) float32 tensor, y int64 class index)."""
-
-    def __init__(self, arrays: list[np.ndarray], targets: list[int], transform: Callable | None = None) -> None:
-        self.arrays = arrays
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.arrays[i]
-        if self.transform is not None:
-            x = self.transform(x)
-        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(np.asarray(x))
-        return x.float().contiguous(), torch.tensor(self.targets[i], dtype=torch.int64)
-
-
-def build_augment(cfg: AugmentConfig, seed: int) -> Callable | None:
-    """MONAI array transforms for (1, D, H, W) volumes: flips, small affine, bias field, intensity, noise."""
-    if not cfg.enabled:
-        return None
-    from monai.transforms import (
-        Compose,
-        RandAffine,
-        RandBiasField,
-        RandFlip,
-        RandGaussianNoise,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
-
-    rad = float(np.radians(cfg.rotate_deg))
-    transforms = [RandFlip(prob=cfg.flip_prob, spatial_axis=axis) for axis in (0, 1, 2)]
-    transforms += [
-        RandAffine(prob=cfg.affine_prob, rotate_range=(rad, rad, rad), scale_range=(cfg.scale,) * 3,
-                   translate_range=(cfg.translate_vox,) * 3, padding_mode="border", mode="bilinear"),
-        RandBiasField(prob=cfg.bias_field_prob, coeff_range=(0.0, cfg.bias_field_coeff)),
-        RandScaleIntensity(factors=cfg.intensity_scale, prob=cfg.intensity_prob),
-        RandShiftIntensity(offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
-        RandGaussianNoise(prob=cfg.noise_prob, std=cfg.noise_std),
-    ]
-    compose = Compose(transforms)
-    compose.set_random_state(seed=seed)
-    return compose
+    def predict_array(self, x: np.ndarray) -> np.ndarray:
+        """(B, 1, D, H, W) preprocessed volumes -> (B, C) calibrated probabilities."""
+        return self.rule.probabilities(self.model.run(x))
 
 
-def load_split_cases(manifest: Path, cfg: MedicalConfig) -> tuple[list[Case], list[str]]:
-    """Cases with splits assigned (stratified by seed when the manifest has none) and the class order."""
-    cases = assign_splits(load_cases(manifest), cfg.data.split_fractions, cfg.data.seed)
-    labels = label_order(cases, cfg.data)
-    if cfg.data.positive_label not in labels and len(labels) == 2:
-        raise InputError(f"data.positive_label {cfg.data.positive_label!r} is not one of the labels {labels}; "
-                         f"set --set data.positive_label=<label>")
-    return cases, labels
+def stored_preprocessing(meta: dict, model_path: Path) -> PreprocessConfig:
+    """The preprocessing section of model.onnx metadata, validated; InputError naming the model when unusable."""
+    if "preprocessing" not in meta or "labels" not in meta:
+        raise InputError(f"{model_path}: metadata lacks preprocessing/labels; not a medical3d model.onnx")
+    if not isinstance(meta["preprocessing"], dict):
+        raise InputError(f"{model_path}: preprocessing metadata is not a mapping")
+    try:
+        return preprocess_from_metadata(meta["preprocessing"])
+    except InputError as exc:
+        raise InputError(f"{model_path}: preprocessing metadata does not validate ({exc})") from None
 
 
-def prepare_with_progress(cases: list[Case], cfg: PreprocessConfig, cache: PreprocessCache, console: Console,
-                          description: str = "preprocess") -> Prepared:
-    """``prepare_cases`` with a progress bar (N4 runs on cache misses only)."""
-    progress = make_progress(console)
-    with progress:
-        task = add_task(progress, description, total=len(cases))
-
-        def on_study(case: Case, error: str | None) -> None:
-            info = f"[red]failed[/] {case.path.name}" if error else case.path.name
-            progress.update(task, advance=1, info=info)
-            update_rate(progress, task, "study")
-
-        prepared = prepare_cases(cases, cfg, cache, on_study)
-    for f in prepared.failures:
-        console.print(f"[yellow]skipped[/] {f['reason']}")
-    return prepared
-
-
-def resolve_cache(cfg: MedicalConfig) -> PreprocessCache:
-    return PreprocessCache(cfg.data.cache_dir)
-
-
-def configure_runtime(cfg: RuntimeConfig) -> torch.device:
-    from medical3d.preprocess import set_threads
-
-    seed_everything(cfg.seed)
-    set_torch_threads(cfg.threads)
-    set_threads(cfg.threads)
-    return pick_device(cfg.device)
-
-
-# ---------------------------------------------------------------- training
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    metrics: dict
-    decision: DecisionRule
-    stopped_reason: str
-    best_epoch: int
-    failures: list[dict]
-
-
-def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, target_sensitivity: float) -> float:
-    """Threshold on calibrated p(positive) that reaches the target sensitivity on validation, placed halfway (in
-    log-odds) between the weakest positive it must catch and the next lower validation score.
-
-    The highest threshold that reaches the target sits exactly on a validation positive, so a new study like it
-    falls below it about half the time; the midpoint keeps the margin the validation data allows.
-    """
-    if not y_pos.any():
-        return 0.5
-    p = np.clip(np.asarray(p_pos, dtype=np.float64), 1e-6, 1 - 1e-6)
-    t = float(np.clip(threshold_for_recall(y_pos, p, target_sensitivity), 1e-6, 1 - 1e-6))
-    below = p[p < t]
-    if len(below):
-        logit = lambda v: np.log(v / (1 - v))  # noqa: E731
-        t = float(1 / (1 + np.exp(-(logit(t) + logit(below.max())) / 2)))
-    return float(min(max(t, 0.0), 1.0))
-
-
-def review_edges(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float, band: float) -> tuple[float, float]:
-    """REVIEW band ``threshold -/+ band`` narrowed to what validation shows: the lower edge is raised to the highest
-    validation negative below the threshold, the upper edge lowered to the lowest validation positive at or above
-    it. A study scoring like the validation normals is not uncertain just because the model gives all normals one
-    score that happens to lie within ``band`` of the threshold (seen: every normal at p = 0.19 with the threshold
-    at 0.27 went to REVIEW). Studies between the two groups, where validation has no evidence, stay REVIEW."""
-    y = np.asarray(y_pos, bool)
-    p = np.asarray(p_pos, np.float64)
-    low, high = threshold - band, threshold + band
-    neg_below = p[~y & (p < threshold)]
-    pos_above = p[y & (p >= threshold)]
-    if len(neg_below):
-        low = max(low, float(np.nextafter(neg_below.max(), np.inf)))  # that negative itself stays negative
-    if len(pos_above):
-        high = min(high, float(pos_above.min()))
-    return float(min(low, threshold)), float(max(high, threshold))
-
-
-def decision_metrics(y: np.ndarray, probs: np.ndarray, rule: DecisionRule) -> dict:
-    """AUROC, ECE, per-class metrics (argmax) plus accuracy, sensitivity, specificity and the confusion matrix
-    at the run's threshold, and how many studies fall in the REVIEW band."""
-    labels = rule.labels
-    m = classification_metrics(y, probs, labels)
-    predicted = rule.predicted_labels(probs)
-    pred_idx = np.array([labels.index(p) for p in predicted], dtype=np.int64)
-    verdicts = rule.verdicts(probs)
-    out = {
-        "n": len(y),
-        "auroc": m["auroc"],
-        "ece": m["ece"],
-        "accuracy": float((pred_idx == y).mean()) if len(y) else None,
-        "balanced_accuracy_argmax": m["balanced_accuracy"],
-        "per_class": m["per_class"],
-        "threshold": rule.threshold,
-        "temperature": rule.temperature,
-        "review": int(sum(v == "REVIEW" for v in verdicts)),
-    }
-    cm = np.zeros((len(labels), len(labels)), dtype=int)
-    for t, p in zip(y, pred_idx, strict=True):
-        cm[int(t), int(p)] += 1
-    out["confusion_matrix"] = cm.tolist()
-    if len(labels) == 2:
-        rates = binary_rates(y == rule.positive_index, pred_idx == rule.positive_index)
-        out.update({"sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
-                    "tp": rates["tp"], "fp": rates["fp"], "tn": rates["tn"], "fn": rates["fn"]})
-    return out
-
-
-def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | None = None,
-          max_minutes: float | None = None, console: Console | None = None) -> TrainResult:
-    """Preprocess (cached), train, calibrate, choose the threshold, export ONNX and write the run directory."""
-    from common.export import export_onnx
-    from common.rundir import write_run_json
-    from medical3d import plots
-    from medical3d.models import build_model, load_weights
-
-    console = console or Console()
-    t_start = time.monotonic()
-    device = configure_runtime(cfg.runtime)
-    cases, labels = load_split_cases(manifest, cfg)
-    cache = resolve_cache(cfg)
-    prepared = prepare_with_progress(cases, cfg.preprocess, cache, console)
-    by_split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for i, c in enumerate(prepared.cases):
-        by_split[c.split or "train"].append(i)
-    if not by_split["train"] or not by_split["val"]:
-        raise InputError(f"{manifest}: need studies in both train and val splits after preprocessing "
-                         f"(train {len(by_split['train'])}, val {len(by_split['val'])}, "
-                         f"{len(prepared.failures)} failed)")
-    targets = [labels.index(c.label) for c in prepared.cases]
-
-    def subset(split: str) -> tuple[list[np.ndarray], list[int]]:
-        return [prepared.arrays[i] for i in by_split[split]], [targets[i] for i in by_split[split]]
-
-    train_x, train_y = subset("train")
-    val_x, val_y = subset("val")
-    train_ds = VolumeDataset(train_x, train_y, build_augment(cfg.augment, cfg.runtime.seed))
-    val_ds = VolumeDataset(val_x, val_y)
-    gen = torch.Generator().manual_seed(cfg.runtime.seed)
-    train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen)
-    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size, shuffle=False)
-
-    model = build_model(cfg.model, len(labels))
-    weights_info = load_weights(model, weights) if weights is not None else None
-    if weights_info:
-        console.print(f"weights: {weights_info['loaded']} tensors loaded from {weights}, "
-                      f"{len(weights_info['skipped'])} skipped")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    snapshot = config_snapshot(cfg)
-    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
-    class_counts = np.bincount(np.asarray(train_y), minlength=len(labels)).tolist()
-    result = fit(model, train_loader, val_loader, cfg.train, out_dir / "checkpoints", labels,
-                 config_snapshot=snapshot, deadline=deadline, device=device, class_counts=class_counts,
-                 console=console, description="train medical3d")
-
-    val_logits, val_targets = result.val_logits, result.val_targets
-    temperature, bias = fit_temperature_bias(val_logits, val_targets)
-    positive = cfg.data.positive_label if cfg.data.positive_label in labels else labels[-1]
-    rule = DecisionRule(labels=labels, positive_label=positive, threshold=0.5,
-                        review_band=cfg.verdict.review_band, temperature=temperature, bias=bias)
-    val_probs = rule.probabilities(val_logits)
-    if len(labels) == 2:
-        rule.threshold = choose_threshold(val_targets == rule.positive_index, val_probs[:, rule.positive_index],
-                                          cfg.verdict.target_sensitivity)
-        rule.review_low, rule.review_high = review_edges(val_targets == rule.positive_index,
-                                                         val_probs[:, rule.positive_index], rule.threshold,
-                                                         rule.review_band)
-    val_metrics = decision_metrics(val_targets, val_probs, rule)
-
-    model.eval().cpu()
-    size_zyx = tuple(reversed(cfg.preprocess.crop.size))
-    meta = {"vertical": "medical3d", "task": "study_classification", **rule.to_dict(),
-            "preprocessing": config_snapshot(cfg.preprocess), "network": cfg.model.network,
-            "input_layout": "NCDHW, D/H/W = z/y/x of the preprocessed volume"}
-    # rtol 1e-3: the blob filter's closed-form eigenvalues (acos) round differently in onnxruntime; 1e-4 of a
-    # logit is far below anything a probability or a verdict can show
-    export = export_onnx(model, torch.zeros((1, 1, *size_zyx)), out_dir / "model.onnx", meta, rtol=1e-3)
-
-    plots_dir = out_dir / "plots"
-    plots.write_all(plots_dir, val_targets, val_probs, rule, title="validation")
-    metrics = {
-        "val": val_metrics,
-        "fit": {"best_epoch": result.best_epoch, "best_metric": result.best_metric,
-                "monitor": cfg.train.monitor, "stopped_reason": result.stopped_reason,
-                "epochs_run": len(result.history), "history": result.history},
-        "splits": {k: len(v) for k, v in by_split.items()},
-        "failures": prepared.failures,
-        "onnx_parity_max_abs_diff": export.max_abs_diff,
-        "seconds": round(time.monotonic() - t_start, 1),
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
-    write_run_json(out_dir, vertical="medical3d", labels=labels, config=snapshot,
-                   data_fingerprint=data_fingerprint(prepared.cases, cache), metrics={"val": val_metrics},
-                   decision=rule.to_dict(), model="model.onnx", checkpoints="checkpoints",
-                   manifest=str(manifest), splits=metrics["splits"], failures=prepared.failures,
-                   weights=str(weights) if weights else None, stopped_reason=result.stopped_reason,
-                   best_epoch=result.best_epoch, cache_dir=str(cache.dir))
-    return TrainResult(out_dir, metrics, rule, result.stopped_reason, result.best_epoch, prepared.failures)
+def check_model_shapes(model: OnnxModel, rule: DecisionRule, prep: PreprocessConfig) -> None:
+    """Refuse a model whose output is not (batch, len(labels)) or whose input is not the preprocessed volume
+    (1 channel, crop size z y x). Symbolic (named) dimensions are not checked."""
+    out_shape = model.output_shape
+    if out_shape and len(out_shape) != 2:
+        raise InputError(f"{model.path}: output shape {out_shape}: expected [batch, {len(rule.labels)}]")
+    model.checked_labels(out_shape[1] if out_shape else None)
+    want = [1, *reversed(prep.crop.size)]
+    in_shape = list(model.input_shape or [])
+    fits = len(in_shape) == 5 and all(not isinstance(d, int) or d == w for d, w in zip(in_shape[1:], want, strict=True))
+    if in_shape and not fits:
+        raise InputError(f"{model.path}: input shape {in_shape} does not fit the preprocessing (expected "
+                         f"[batch, {', '.join(map(str, want))}] from preprocessing.crop.size {list(prep.crop.size)})")

@@ -1,110 +1,25 @@
-"""Batch scoring of studies with a run's model.onnx: SimpleITK preprocessing + onnxruntime, no torch.
+"""Batch scoring of studies with a run's model.onnx (``medical3d.pipeline.StudyScorer``), no torch.
 
 ``vsuite score RUN INPUT... --out FILE`` dispatches here for medical3d runs. Inputs are files, folders and globs
 (``medical3d.io.collect_studies``): a folder holding DICOM files is one study; any other folder is searched for
-studies. Every input ends as at least one record, each study as exactly one: label, calibrated probabilities,
-verdict, QA fields, ``status`` and ``reason``, ``source`` its absolute path. A study that cannot be read,
-preprocessed or run is an error record, whatever the exception; it never stops the batch. The model's metadata is
-validated when the scorer loads: a run that cannot be judged by (NaN threshold, labels that do not fit the model's
-output, ...) refuses to load. A model answer that is not finite is a REVIEW verdict with the reason, never a call.
+studies. Every input ends as at least one record, each study as exactly one; a study that fails is an error record
+and never stops the batch.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
-from common.errors import InputError
-from common.inference import OnnxModel
 from common.progress import add_task, make_progress, update_rate
 from common.results import abs_path as source_path
 from common.results import display_text as shown
-from common.results import error_record, now_iso, write_records
+from common.results import error_record, write_records
 from common.rundir import verify_model_file
-from medical3d.config import PreprocessConfig
-from medical3d.io import collect_studies, study_id
-from medical3d.verdict import REVIEW, DecisionRule
-
-QA_FIELDS = ("format", "series_uid", "series_choice", "orientation", "oblique_deg", "original_size",
-             "original_spacing", "n4_seconds", "bias_min", "bias_max", "cv_before", "cv_after",
-             "foreground_clipped", "preprocess_seconds")
-NON_FINITE = "model output is not finite (NaN or infinite logits): no call can be made, sent to REVIEW"
-
-
-class StudyScorer:
-    """model.onnx + its metadata (labels, preprocessing, threshold, temperature) -> one record per study."""
-
-    def __init__(self, model_path: Path, threads: int | None = None) -> None:
-        from pydantic import ValidationError
-
-        self.model = OnnxModel(model_path, threads=threads)
-        meta = self.model.metadata
-        if "preprocessing" not in meta or "labels" not in meta:
-            raise InputError(f"{model_path}: metadata lacks preprocessing/labels; not a medical3d model.onnx")
-        try:
-            self.preprocess = PreprocessConfig.model_validate(meta["preprocessing"])
-        except ValidationError as exc:
-            raise InputError(f"{model_path}: preprocessing metadata does not validate ({exc})") from None
-        self.rule = DecisionRule.from_metadata(meta, source=f"{model_path} metadata")
-        check_model_shapes(self.model, self.rule, self.preprocess)
-
-    def score_study(self, path: Path) -> dict:
-        """One record for the study at ``path``; any failure is an error record naming it and what went wrong."""
-        from medical3d.preprocess import preprocess_study
-
-        t0 = time.perf_counter()
-        source, name = source_path(path), study_id(Path(path))
-        stage = "preprocessing"
-        try:
-            result = preprocess_study(path, self.preprocess)
-            stage = "inference"
-            t_inf = time.perf_counter()
-            logits = self.model.run(result.array()[None])
-            inference_ms = (time.perf_counter() - t_inf) * 1000
-            probs = self.rule.probabilities(logits)[0]
-        except InputError as exc:
-            return error_record(source, str(exc), study=name)
-        except Exception as exc:  # one hostile study (SimpleITK, MemoryError, onnxruntime, ...) never ends the batch
-            return error_record(source, f"{shown(path)}: {stage} failed ({type(exc).__name__}: {exc})", study=name)
-        finite = bool(np.isfinite(probs).all())
-        return {
-            "source": source,
-            "study": name,
-            "status": "ok",
-            "reason": None if finite else NON_FINITE,
-            "label": self.rule.predicted_labels(probs[None])[0],
-            "verdict": self.rule.verdicts(probs[None])[0] if finite else REVIEW,
-            "score": float(probs[self.rule.positive_index]) if finite else None,
-            "probabilities": ({label: float(p) for label, p in zip(self.rule.labels, probs, strict=True)}
-                              if finite else None),
-            "threshold": self.rule.threshold,
-            **{k: result.qa.get(k) for k in QA_FIELDS},
-            "inference_ms": round(inference_ms, 2),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "timestamp": now_iso(),
-        }
-
-    def predict_array(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, D, H, W) preprocessed volumes -> (B, C) calibrated probabilities."""
-        return self.rule.probabilities(self.model.run(x))
-
-
-def check_model_shapes(model: OnnxModel, rule: DecisionRule, prep: PreprocessConfig) -> None:
-    """Refuse a model whose output is not (batch, len(labels)) or whose input is not the preprocessed volume
-    (1 channel, crop size z y x). Symbolic (named) dimensions are not checked."""
-    out_shape = model.output_shape
-    if out_shape and len(out_shape) != 2:
-        raise InputError(f"{model.path}: output shape {out_shape}: expected [batch, {len(rule.labels)}]")
-    model.checked_labels(out_shape[1] if out_shape else None)
-    want = [1, *reversed(prep.crop.size)]
-    in_shape = list(model.input_shape or [])
-    fits = len(in_shape) == 5 and all(not isinstance(d, int) or d == w for d, w in zip(in_shape[1:], want, strict=True))
-    if in_shape and not fits:
-        raise InputError(f"{model.path}: input shape {in_shape} does not fit the preprocessing (expected "
-                         f"[batch, {', '.join(map(str, want))}] from preprocessing.crop.size {list(prep.crop.size)})")
+from medical3d.io import StudyInput, collect_studies, study_id
+from medical3d.pipeline import StudyScorer
+from medical3d.preprocess import set_threads
 
 
 def score(run_dir: Path, inputs: list[str], out: Path, *, console: Console | None = None, run: dict | None = None
@@ -118,11 +33,16 @@ def score(run_dir: Path, inputs: list[str], out: Path, *, console: Console | Non
     model_path = Path(run_dir) / str(run.get("model", "model.onnx"))
     verify_model_file(run, model_path)
     scorer = StudyScorer(model_path)
-    threads = (run.get("config") or {}).get("runtime", {}).get("threads")
-    from medical3d.preprocess import set_threads
+    set_threads((run.get("config") or {}).get("runtime", {}).get("threads"))
+    records = score_items(scorer, collect_studies(inputs), console, run.get("run_id"))
+    if not records:
+        records.append(error_record(", ".join(map(shown, inputs)), "no inputs given"))
+    write_records(records, out)
+    return records
 
-    set_threads(threads)
-    items = collect_studies(inputs)
+
+def score_items(scorer: StudyScorer, items: list[StudyInput], console: Console, run_id: str | None) -> list[dict]:
+    """One record per item, in order, with a progress bar; an item that is an input error stays an error record."""
     records: list[dict] = []
     progress = make_progress(console)
     with progress:
@@ -132,12 +52,9 @@ def score(run_dir: Path, inputs: list[str], out: Path, *, console: Console | Non
                 rec = error_record(source_path(item.path), item.error, study=study_id(item.path))
             else:
                 rec = scorer.score_study(item.path)
-            rec["run_id"] = run.get("run_id")
+            rec["run_id"] = run_id
             records.append(rec)
             info = rec["verdict"] if rec["status"] == "ok" else "[red]error[/]"
             progress.update(task, advance=1, info=f"{shown(rec['study'])}: {info}")
             update_rate(progress, task, "study")
-    if not items:
-        records.append(error_record(", ".join(map(shown, inputs)), "no inputs given"))
-    write_records(records, out)
     return records

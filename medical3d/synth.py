@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from medical3d.io import write_dicom_series, write_volume
+from medical3d.writers import write_dicom_series, write_volume
 
 Kind = Literal["head", "torso"]
 FORMATS = ("dicom", "nii.gz", "nrrd", "mha", "mhd")

@@ -1,4 +1,4 @@
-"""From logits to calibrated probabilities and a verdict: positive, negative or REVIEW. Numpy only.
+"""From logits to calibrated probabilities and a verdict: positive, negative or REVIEW; how a run chooses its rule.
 
 Binary runs: ``positive`` when p(positive) >= the band's upper edge, ``negative`` when p < its lower edge,
 ``REVIEW`` in between. The threshold is chosen on validation for a target sensitivity; the band is the config's
@@ -9,6 +9,9 @@ below ``1 - review_band``.
 
 Fail safe: a rule read back from metadata is validated (``from_metadata``), and a study whose probabilities are not
 finite (NaN/inf logits) is REVIEW, with no predicted label: the model gave no answer to judge.
+
+Numpy only at import: the scorer loads this module. ``choose_threshold`` and ``decision_metrics`` (training and
+eval) import scikit-learn's metrics from ``common.metrics`` when called.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import InputError
-from common.metrics import softmax
+from common.inference import softmax
 
 POSITIVE, NEGATIVE, REVIEW = "positive", "negative", "REVIEW"
 
@@ -47,7 +50,7 @@ class DecisionRule:
 
     @classmethod
     def from_metadata(cls, meta: dict, source: str = "metadata") -> DecisionRule:
-        """Read the rule back from model.onnx metadata (or run.json ``decision``) and validate it.
+        """Read the rule back from model.onnx metadata (its one home) and validate it.
 
         Absent keys take the defaults older runs relied on; present ones must make sense, or an ``InputError``
         names ``source`` and the key: labels a list of >= 2 unique strings, positive_label one of them, threshold
@@ -134,3 +137,73 @@ class DecisionRule:
             return [None if not ok else self.positive_label if v >= self.threshold else neg
                     for v, ok in zip(probs[:, self.positive_index], finite, strict=True)]
         return [self.labels[int(np.argmax(row))] if ok else None for row, ok in zip(probs, finite, strict=True)]
+
+
+def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, target_sensitivity: float) -> float:
+    """Threshold on calibrated p(positive) that reaches the target sensitivity on validation, placed halfway (in
+    log-odds) between the weakest positive it must catch and the next lower validation score.
+
+    The highest threshold that reaches the target sits exactly on a validation positive, so a new study like it
+    falls below it about half the time; the midpoint keeps the margin the validation data allows.
+    """
+    from common.metrics import threshold_for_recall  # scikit-learn: kept off the scorer's import path
+
+    if not y_pos.any():
+        return 0.5
+    p = np.clip(np.asarray(p_pos, dtype=np.float64), 1e-6, 1 - 1e-6)
+    t = float(np.clip(threshold_for_recall(y_pos, p, target_sensitivity), 1e-6, 1 - 1e-6))
+    below = p[p < t]
+    if len(below):
+        logit = lambda v: np.log(v / (1 - v))  # noqa: E731
+        t = float(1 / (1 + np.exp(-(logit(t) + logit(below.max())) / 2)))
+    return float(min(max(t, 0.0), 1.0))
+
+
+def review_edges(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float, band: float) -> tuple[float, float]:
+    """REVIEW band ``threshold -/+ band`` narrowed to what validation shows: the lower edge is raised to the highest
+    validation negative below the threshold, the upper edge lowered to the lowest validation positive at or above
+    it. A study scoring like the validation normals is not uncertain just because the model gives all normals one
+    score that happens to lie within ``band`` of the threshold. Studies between the two groups, where validation
+    has no evidence, stay REVIEW."""
+    y = np.asarray(y_pos, bool)
+    p = np.asarray(p_pos, np.float64)
+    low, high = threshold - band, threshold + band
+    neg_below = p[~y & (p < threshold)]
+    pos_above = p[y & (p >= threshold)]
+    if len(neg_below):
+        low = max(low, float(np.nextafter(neg_below.max(), np.inf)))  # that negative itself stays negative
+    if len(pos_above):
+        high = min(high, float(pos_above.min()))
+    return float(min(low, threshold)), float(max(high, threshold))
+
+
+def decision_metrics(y: np.ndarray, probs: np.ndarray, rule: DecisionRule) -> dict:
+    """AUROC, ECE, per-class metrics (argmax) plus accuracy, sensitivity, specificity and the confusion matrix
+    at the run's threshold, and how many studies fall in the REVIEW band."""
+    from common.metrics import binary_rates, classification_metrics  # scikit-learn: off the scorer's import path
+
+    labels = rule.labels
+    m = classification_metrics(y, probs, labels)
+    predicted = rule.predicted_labels(probs)
+    pred_idx = np.array([labels.index(p) for p in predicted], dtype=np.int64)
+    verdicts = rule.verdicts(probs)
+    out = {
+        "n": len(y),
+        "auroc": m["auroc"],
+        "ece": m["ece"],
+        "accuracy": float((pred_idx == y).mean()) if len(y) else None,
+        "balanced_accuracy_argmax": m["balanced_accuracy"],
+        "per_class": m["per_class"],
+        "threshold": rule.threshold,
+        "temperature": rule.temperature,
+        "review": int(sum(v == "REVIEW" for v in verdicts)),
+    }
+    cm = np.zeros((len(labels), len(labels)), dtype=int)
+    for t, p in zip(y, pred_idx, strict=True):
+        cm[int(t), int(p)] += 1
+    out["confusion_matrix"] = cm.tolist()
+    if len(labels) == 2:
+        rates = binary_rates(y == rule.positive_index, pred_idx == rule.positive_index)
+        out.update({"sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
+                    "tp": rates["tp"], "fp": rates["fp"], "tn": rates["tn"], "fn": rates["fn"]})
+    return out

@@ -1,4 +1,5 @@
-"""Small library-side helpers behind the CLI commands: batch preprocessing to files, metric tables."""
+"""Small library-side helpers behind the CLI commands: synthesis and batch preprocessing with progress, metric
+tables. Torch-free: ``vsuite med synth`` and ``vsuite med preprocess`` run on these."""
 
 from __future__ import annotations
 
@@ -15,15 +16,37 @@ from medical3d.config import PreprocessConfig
 from medical3d.io import find_studies, study_id
 
 
+def synth_studies(out: Path, cases: int, modality: str, seed: int, *, size: int | None,
+                  lesion_radius_mm: tuple[float, float], console: Console) -> tuple[Path, dict[str, int]]:
+    """``synth_dataset`` with a progress bar; returns the manifest and the number of studies per label / format."""
+    from medical3d.synth import synth_dataset
+
+    counts: dict[str, int] = {}
+    progress = make_progress(console)
+    with progress:
+        task = add_task(progress, f"synth {modality}", total=cases)
+
+        def on_case(spec) -> None:
+            counts[f"{spec.label} / {spec.format}"] = counts.get(f"{spec.label} / {spec.format}", 0) + 1
+            progress.update(task, advance=1, info=f"{spec.kind} {spec.orientation}")
+            update_rate(progress, task, "study")
+
+        manifest = synth_dataset(out, cases, modality, seed, size=size, lesion_radius_mm=lesion_radius_mm,
+                                 on_case=on_case)
+    return manifest, counts
+
+
 def preprocess_studies(inputs: list[str], out: Path, cfg: PreprocessConfig, *, series_uid: str | None = None,
-                       console: Console | None = None) -> list[dict]:
+                       threads: int | None = None, console: Console | None = None) -> list[dict]:
     """Preprocess every study under ``inputs`` into ``out``: ``<id>_preprocessed.nii.gz``, ``<id>_bias.nii.gz``
     (MRI with N4) and ``<id>_qa.json``; also ``qa.csv`` with one row per study. A failing study is an error row.
+    ``threads``: SimpleITK worker threads (None: all cores).
     """
     import SimpleITK as sitk
 
-    from medical3d.preprocess import preprocess_study
+    from medical3d.preprocess import preprocess_study, set_threads
 
+    set_threads(threads)
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     studies = find_studies(inputs)

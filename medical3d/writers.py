@@ -1,7 +1,5 @@
-"""Writing volumes and DICOM series with SimpleITK (synthetic data, preprocessed outputs, tests).
-
-Re-exported by ``medical3d.io``, where callers find reading and writing side by side.
-"""
+"""Writing volumes and DICOM series with SimpleITK (synthetic data, preprocessed outputs, tests); reading is
+``medical3d.io``."""
 
 from __future__ import annotations
 

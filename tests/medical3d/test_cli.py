@@ -1,8 +1,6 @@
-"""The `vsuite med` commands through typer's runner: help, synth, preprocess, and errors without tracebacks."""
+"""The `vsuite med` commands through typer's runner: help, closed option sets, and errors without tracebacks."""
 
 from __future__ import annotations
-
-import json
 
 from typer.testing import CliRunner
 
@@ -17,23 +15,15 @@ def test_every_command_has_help_with_an_example():
         assert res.exit_code == 0 and "Example: vsuite med" in res.output, cmd
 
 
-def test_synth_then_preprocess_writes_volumes_bias_and_qa(tmp_path):
-    res = runner.invoke(app, ["synth", str(tmp_path / "d"), "--cases", "2", "--size", "24", "--seed", "1"])
-    assert res.exit_code == 0, res.output
-    assert (tmp_path / "d" / "manifest.csv").is_file()
-    res = runner.invoke(app, ["preprocess", str(tmp_path / "d" / "studies"), "--out", str(tmp_path / "p"),
-                              "--set", "preprocess.resample.spacing=[8.0,8.0,8.0]",
-                              "--set", "preprocess.crop.size=[24,24,24]", "--set", "runtime.threads=2"])
-    assert res.exit_code == 0, res.output
-    qa = sorted((tmp_path / "p").glob("*_qa.json"))
-    assert len(qa) == 2
-    record = json.loads(qa[0].read_text())
-    assert record["output_size"] == [24, 24, 24] and record["cv_after"] is not None
-    assert len(list((tmp_path / "p").glob("*_preprocessed.nii.gz"))) == 2
-    assert len(list((tmp_path / "p").glob("*_bias.nii.gz"))) == 2
-
-
 def test_bad_config_key_is_reported(tmp_path):
     res = runner.invoke(app, ["preprocess", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "preprocess.nope=1"])
     assert res.exit_code != 0
     assert "unknown key 'preprocess.nope'" in str(res.exception)
+
+
+def test_closed_option_sets_show_their_choices_and_refuse_others(tmp_path):
+    assert "mri|ct" in runner.invoke(app, ["synth", "--help"]).output
+    res = runner.invoke(app, ["synth", str(tmp_path / "d"), "--modality", "xray"])
+    assert res.exit_code == 2 and "xray" in res.output and not (tmp_path / "d").exists()
+    res = runner.invoke(app, ["eval", str(tmp_path), str(tmp_path), "--split", "holdout"])
+    assert res.exit_code == 2 and "holdout" in res.output

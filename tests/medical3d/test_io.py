@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from common.config import config_section
 from common.errors import InputError
-from medical3d.config import ReadConfig
-from medical3d.io import find_studies, read_study, write_dicom_series, write_volume
+from medical3d.config import DEFAULT_CONFIG, ReadConfig
+from medical3d.io import find_studies, read_study
 from medical3d.synth import rotation
+from medical3d.writers import write_dicom_series, write_volume
 
 
 def _volume(direction=None, dtype=np.int16, shape=(12, 14, 16), seed=0) -> sitk.Image:
@@ -100,7 +102,7 @@ def test_dicom_series_with_missing_slice_is_refused(tmp_path):
 def test_too_few_slices_and_missing_path(tmp_path):
     path = write_volume(_volume(shape=(4, 14, 16)), tmp_path / "thin.nii.gz")
     with pytest.raises(InputError, match="fewer than 8 slices"):
-        read_study(path, ReadConfig(min_slices=8))
+        read_study(path, config_section(ReadConfig, DEFAULT_CONFIG, "preprocess.read", min_slices=8))
     with pytest.raises(InputError, match="no such file"):
         read_study(tmp_path / "absent.nii.gz")
 

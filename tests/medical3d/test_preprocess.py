@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from medical3d.config import CropConfig, IntensityConfig, N4Config, PreprocessConfig, ResampleConfig
-from medical3d.io import read_study, write_dicom_series, write_volume
+from common.config import config_section
+from medical3d.config import DEFAULT_CONFIG, CropConfig, IntensityConfig, N4Config, PreprocessConfig, ResampleConfig
+from medical3d.io import read_study
 from medical3d.preprocess import crop_or_pad, ct_window, foreground_cv, n4_correct, preprocess_image, resample
 from medical3d.synth import Grid, bias_phantom, rotation, soft_ellipsoid
+from medical3d.writers import write_dicom_series, write_volume
 
 MARKER_MM = np.array([14.0, -9.0, 11.0])
+
+
+def section(model, dotted: str, **changes):
+    """A preprocessing (sub-)config: configs/medical3d/default.yaml at ``dotted`` with ``changes``."""
+    return config_section(model, DEFAULT_CONFIG, dotted, **changes)
 
 
 def _study_with_marker(direction: np.ndarray, spacing=(2.0, 2.5, 3.0)) -> sitk.Image:
@@ -36,8 +43,8 @@ def _marker_position(image: sitk.Image) -> np.ndarray:
 
 
 def _cfg() -> PreprocessConfig:
-    return PreprocessConfig(modality="mri", n4=N4Config(enabled=False),
-                            resample=ResampleConfig(spacing=(2.0, 2.0, 2.0)), crop=CropConfig(size=(48, 48, 48)))
+    return section(PreprocessConfig, "preprocess", modality="mri", n4={"enabled": False},
+                   resample={"spacing": (2.0, 2.0, 2.0)}, crop={"size": (48, 48, 48)})
 
 
 def test_marker_lands_at_same_physical_point_for_ras_lps_and_oblique_copies(tmp_path):
@@ -78,7 +85,8 @@ def test_n4_lowers_foreground_cv_of_a_biased_phantom():
     ph = bias_phantom((40, 48, 48), 4.0, seed=1, strength=0.6)
     wm = ph["wm_mask"]
     before = foreground_cv(ph["image"], wm)
-    corrected, bias, report = n4_correct(ph["image"], N4Config(shrink_factor=1, iterations=[30, 30, 30]))
+    corrected, bias, report = n4_correct(ph["image"], section(N4Config, "preprocess.n4", shrink_factor=1,
+                                                                   iterations=[30, 30, 30]))
     after = foreground_cv(corrected, wm)
     assert after < 0.7 * before, (before, after)
     assert report.cv_after < report.cv_before
@@ -92,11 +100,11 @@ def test_n4_lowers_foreground_cv_of_a_biased_phantom():
 def test_resample_covers_extent_and_crop_pads_with_background():
     img = sitk.GetImageFromArray(np.full((10, 20, 30), 5.0, np.float32))
     img.SetSpacing((1.0, 1.0, 3.0))
-    out, report = resample(img, ResampleConfig(spacing=(2.0, 2.0, 2.0)))
+    out, report = resample(img, section(ResampleConfig, "preprocess.resample", spacing=(2.0, 2.0, 2.0)))
     assert report.size == [15, 10, 15]
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(out), 5.0, atol=1e-4)
     mask = sitk.Cast(out > 0, sitk.sitkUInt8)
-    cropped, crop = crop_or_pad(out, CropConfig(size=(20, 8, 20)), mask)
+    cropped, crop = crop_or_pad(out, section(CropConfig, "preprocess.crop", size=(20, 8, 20)), mask)
     assert cropped.GetSize() == (20, 8, 20) and crop.clipped
     # Cropping copies voxels: the first voxel of the crop sits on the resampled lattice.
     idx = out.TransformPhysicalPointToContinuousIndex(cropped.GetOrigin())
@@ -105,7 +113,8 @@ def test_resample_covers_extent_and_crop_pads_with_background():
 
 def test_ct_window_scales_hu_to_unit_range():
     img = sitk.GetImageFromArray(np.array([[[-1000.0, -150.0, 50.0, 250.0, 3000.0]] * 2] * 2, np.float32))
-    arr = sitk.GetArrayFromImage(ct_window(img, IntensityConfig(ct_window=(-150.0, 250.0))))
+    cfg = section(IntensityConfig, "preprocess.intensity", ct_window=(-150.0, 250.0))
+    arr = sitk.GetArrayFromImage(ct_window(img, cfg))
     np.testing.assert_allclose(arr[0, 0], [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
@@ -115,8 +124,8 @@ def test_preprocess_ct_study_end_to_end(tmp_path):
 
     img, _spec = render_case(0, 5, "lesion", "ct", size=40)
     path = write_volume(img, tmp_path / "ct.nii.gz")
-    cfg = PreprocessConfig(modality="ct", resample=ResampleConfig(spacing=(5.0, 5.0, 5.0)),
-                           crop=CropConfig(size=(40, 40, 40)))
+    cfg = section(PreprocessConfig, "preprocess", modality="ct", resample={"spacing": (5.0, 5.0, 5.0)},
+                  crop={"size": (40, 40, 40)})
     res = preprocess_study(path, cfg)
     arr = res.array()
     assert arr.shape == (1, 40, 40, 40) and arr.min() >= 0.0 and arr.max() <= 1.0

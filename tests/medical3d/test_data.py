@@ -1,43 +1,21 @@
-"""Synthetic studies, manifests, stratified splits and the preprocessing cache."""
+"""Manifests, folder-per-class datasets, stratified splits and the preprocessing cache."""
 
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
+from common.config import config_section
 from common.errors import InputError
-from medical3d.config import PreprocessConfig
+from medical3d.config import DEFAULT_CONFIG, PreprocessConfig
 from medical3d.data import PreprocessCache, assign_splits, load_cases, prepare_cases
-from medical3d.io import read_study
-from medical3d.synth import synth_dataset
 
 
 def _rows(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def test_synth_is_deterministic_and_balanced(tmp_path):
-    a = synth_dataset(tmp_path / "a", cases=6, modality="ct", seed=4, size=24)
-    b = synth_dataset(tmp_path / "b", cases=6, modality="ct", seed=4, size=24)
-    rows = _rows(a)
-    assert [r["label"] for r in rows].count("lesion") == 3
-    assert rows == _rows(b)
-    for r in rows:
-        img_a, _ = read_study(a.parent / r["path"])
-        img_b, _ = read_study(b.parent / r["path"])
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(img_a), sitk.GetArrayFromImage(img_b))
-        assert img_a.GetDirection() == img_b.GetDirection()
-    specs = [json.loads(line) for line in (a.parent / "cases.jsonl").read_text().splitlines()]
-    assert all((s["lesion_radius_mm"] is not None) == (s["label"] == "lesion") for s in specs)
-    other = synth_dataset(tmp_path / "c", cases=6, modality="ct", seed=5, size=24)
-    first = _rows(other)[0]["path"]
-    assert not np.array_equal(sitk.GetArrayFromImage(read_study(other.parent / first)[0]),
-                              sitk.GetArrayFromImage(read_study(a.parent / rows[0]["path"])[0]))
 
 
 def test_stratified_split_by_seed(tmp_path):
@@ -62,10 +40,10 @@ def test_manifest_errors_name_file_and_line(tmp_path):
         load_cases(tmp_path / "nohdr.csv")
 
 
-def test_folder_per_class(tiny_data):
-    root = tiny_data.parent
+def test_folder_per_class(med_tiny_data):
+    root = med_tiny_data.parent
     classes = root / "by_class"
-    for row in _rows(tiny_data):
+    for row in _rows(med_tiny_data):
         (classes / row["label"]).mkdir(parents=True, exist_ok=True)
         src = root / row["path"]
         (classes / row["label"] / src.name).symlink_to(src, target_is_directory=src.is_dir())
@@ -73,10 +51,10 @@ def test_folder_per_class(tiny_data):
     assert len(cases) == 12 and {c.label for c in cases} == {"lesion", "normal"}
 
 
-def test_cache_runs_preprocessing_once_per_study_and_config(tiny_data, tmp_path):
-    cases = load_cases(tiny_data)[:3]
-    cfg = PreprocessConfig(n4={"shrink_factor": 2, "iterations": [10]}, resample={"spacing": [6.0, 6.0, 6.0]},
-                           crop={"size": [32, 32, 32]})
+def test_cache_runs_preprocessing_once_per_study_and_config(med_tiny_data, tmp_path):
+    cases = load_cases(med_tiny_data)[:3]
+    cfg = config_section(PreprocessConfig, DEFAULT_CONFIG, "preprocess", n4={"shrink_factor": 2, "iterations": [10]},
+                         resample={"spacing": [6.0, 6.0, 6.0]}, crop={"size": [32, 32, 32]})
     cache = PreprocessCache(tmp_path / "cache")
     first = prepare_cases(cases, cfg, cache)
     assert cache.misses == 3 and cache.hits == 0 and not first.failures

@@ -1,0 +1,283 @@
+"""Training of the medical3d vertical: datasets, augmentation, fit, calibration, threshold, ONNX export.
+
+``train`` turns a manifest into a run directory::
+
+    runs/<name>/run.json  model.onnx  checkpoints/{best,last}.pt  metrics.json  plots/{roc,confusion,calibration}.png
+
+The loop itself is ``common.engine.fit``; this module only feeds it and packages what comes out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch.utils.data import DataLoader, Dataset
+
+from common.calibration import fit_temperature_bias
+from common.config import config_snapshot
+from common.engine import fit
+from common.errors import InputError
+from common.export import export_onnx
+from common.progress import add_task, make_progress, update_rate
+from common.rundir import write_run_json
+from common.runtime import pick_device, seed_everything, set_torch_threads
+from medical3d import plots
+from medical3d.config import AugmentConfig, MedicalConfig, PreprocessConfig, RuntimeConfig
+from medical3d.data import (
+    Case,
+    Prepared,
+    PreprocessCache,
+    assign_splits,
+    data_fingerprint,
+    label_order,
+    load_cases,
+    prepare_cases,
+)
+from medical3d.models import build_model, load_weights
+from medical3d.preprocess import set_threads
+from medical3d.verdict import DecisionRule, choose_threshold, decision_metrics, review_edges
+
+if TYPE_CHECKING:
+    from common.engine import FitResult
+    from common.export import ExportReport
+
+# ---------------------------------------------------------------- datasets
+
+
+class VolumeDataset(Dataset):
+    """In-memory preprocessed volumes. Item: (x (1, D, H, W) float32 tensor, y int64 class index)."""
+
+    def __init__(self, arrays: list[np.ndarray], targets: list[int], transform: Callable | None = None) -> None:
+        self.arrays = arrays
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.arrays[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(np.asarray(x))
+        return x.float().contiguous(), torch.tensor(self.targets[i], dtype=torch.int64)
+
+
+def build_augment(cfg: AugmentConfig, seed: int) -> Callable | None:
+    """MONAI array transforms for (1, D, H, W) volumes: flips, small affine, bias field, intensity, noise."""
+    if not cfg.enabled:
+        return None
+    from monai.transforms import (
+        Compose,
+        RandAffine,
+        RandBiasField,
+        RandFlip,
+        RandGaussianNoise,
+        RandScaleIntensity,
+        RandShiftIntensity,
+    )
+
+    rad = float(np.radians(cfg.rotate_deg))
+    transforms = [RandFlip(prob=cfg.flip_prob, spatial_axis=axis) for axis in (0, 1, 2)]
+    transforms += [
+        RandAffine(prob=cfg.affine_prob, rotate_range=(rad, rad, rad), scale_range=(cfg.scale,) * 3,
+                   translate_range=(cfg.translate_vox,) * 3, padding_mode="border", mode="bilinear"),
+        RandBiasField(prob=cfg.bias_field_prob, coeff_range=(0.0, cfg.bias_field_coeff)),
+        RandScaleIntensity(factors=cfg.intensity_scale, prob=cfg.intensity_prob),
+        RandShiftIntensity(offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
+        RandGaussianNoise(prob=cfg.noise_prob, std=cfg.noise_std),
+    ]
+    compose = Compose(transforms)
+    compose.set_random_state(seed=seed)
+    return compose
+
+
+def load_split_cases(manifest: Path, cfg: MedicalConfig) -> tuple[list[Case], list[str]]:
+    """Cases with splits assigned (stratified by seed when the manifest has none) and the class order."""
+    cases = assign_splits(load_cases(manifest), cfg.data.split_fractions, cfg.data.seed)
+    labels = label_order(cases, cfg.data)
+    if cfg.data.positive_label not in labels and len(labels) == 2:
+        raise InputError(f"data.positive_label {cfg.data.positive_label!r} is not one of the labels {labels}; "
+                         f"set --set data.positive_label=<label>")
+    return cases, labels
+
+
+def prepare_with_progress(cases: list[Case], cfg: PreprocessConfig, cache: PreprocessCache, console: Console,
+                          description: str = "preprocess") -> Prepared:
+    """``prepare_cases`` with a progress bar (N4 runs on cache misses only)."""
+    progress = make_progress(console)
+    with progress:
+        task = add_task(progress, description, total=len(cases))
+
+        def on_study(case: Case, error: str | None) -> None:
+            info = f"[red]failed[/] {case.path.name}" if error else case.path.name
+            progress.update(task, advance=1, info=info)
+            update_rate(progress, task, "study")
+
+        prepared = prepare_cases(cases, cfg, cache, on_study)
+    for f in prepared.failures:
+        console.print(f"[yellow]skipped[/] {f['reason']}")
+    return prepared
+
+
+def resolve_cache(cfg: MedicalConfig) -> PreprocessCache:
+    return PreprocessCache(cfg.data.cache_dir)
+
+
+def configure_runtime(cfg: RuntimeConfig) -> torch.device:
+    """Seeds, torch and SimpleITK threads, and the device training and eval run on."""
+    seed_everything(cfg.seed)
+    set_torch_threads(cfg.threads)
+    set_threads(cfg.threads)
+    return pick_device(cfg.device)
+
+
+def split_indices(prepared: Prepared, manifest: Path) -> dict[str, list[int]]:
+    """Indices of the prepared cases per split; InputError unless train and val both hold studies."""
+    by_split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, c in enumerate(prepared.cases):
+        by_split[c.split or "train"].append(i)
+    if not by_split["train"] or not by_split["val"]:
+        raise InputError(f"{manifest}: need studies in both train and val splits after preprocessing "
+                         f"(train {len(by_split['train'])}, val {len(by_split['val'])}, "
+                         f"{len(prepared.failures)} failed)")
+    return by_split
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    class_counts: list[int]  # training studies per class, for the loss weights
+
+
+def make_loaders(prepared: Prepared, by_split: dict[str, list[int]], labels: list[str], cfg: MedicalConfig
+                 ) -> Loaders:
+    """Augmented, seeded-shuffle training loader and a plain validation loader over the prepared volumes."""
+    targets = [labels.index(c.label) for c in prepared.cases]
+
+    def subset(split: str) -> tuple[list[np.ndarray], list[int]]:
+        return [prepared.arrays[i] for i in by_split[split]], [targets[i] for i in by_split[split]]
+
+    train_x, train_y = subset("train")
+    val_x, val_y = subset("val")
+    train_ds = VolumeDataset(train_x, train_y, build_augment(cfg.augment, cfg.runtime.seed))
+    val_ds = VolumeDataset(val_x, val_y)
+    gen = torch.Generator().manual_seed(cfg.runtime.seed)
+    return Loaders(train=DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen),
+                   val=DataLoader(val_ds, batch_size=cfg.train.batch_size, shuffle=False),
+                   class_counts=np.bincount(np.asarray(train_y), minlength=len(labels)).tolist())
+
+
+def build_network(cfg: MedicalConfig, labels: list[str], weights: Path | None, console: Console) -> torch.nn.Module:
+    """The configured network, with local pretrained ``weights`` loaded where names and shapes match."""
+    model = build_model(cfg.model, len(labels))
+    weights_info = load_weights(model, weights) if weights is not None else None
+    if weights_info:
+        console.print(f"weights: {weights_info['loaded']} tensors loaded from {weights}, "
+                      f"{len(weights_info['skipped'])} skipped")
+    return model
+
+
+# ---------------------------------------------------------------- decision and packaging
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    decision: DecisionRule
+    stopped_reason: str
+    best_epoch: int
+    failures: list[dict]
+
+
+@dataclass
+class Calibrated:
+    rule: DecisionRule
+    val_targets: np.ndarray  # (N,) class indices
+    val_probs: np.ndarray  # (N, C) calibrated
+    val_metrics: dict
+
+
+def calibrate(result: FitResult, labels: list[str], cfg: MedicalConfig) -> Calibrated:
+    """Temperature and bias fitted on validation, then (binary) the threshold for the target sensitivity and the
+    REVIEW band edges the validation scores support."""
+    val_logits, val_targets = result.val_logits, result.val_targets
+    temperature, bias = fit_temperature_bias(val_logits, val_targets)
+    positive = cfg.data.positive_label if cfg.data.positive_label in labels else labels[-1]
+    rule = DecisionRule(labels=labels, positive_label=positive, threshold=0.5,
+                        review_band=cfg.verdict.review_band, temperature=temperature, bias=bias)
+    val_probs = rule.probabilities(val_logits)
+    if len(labels) == 2:
+        y_pos, p_pos = val_targets == rule.positive_index, val_probs[:, rule.positive_index]
+        rule.threshold = choose_threshold(y_pos, p_pos, cfg.verdict.target_sensitivity)
+        rule.review_low, rule.review_high = review_edges(y_pos, p_pos, rule.threshold, rule.review_band)
+    return Calibrated(rule, val_targets, val_probs, decision_metrics(val_targets, val_probs, rule))
+
+
+def export_model(model: torch.nn.Module, cfg: MedicalConfig, rule: DecisionRule, out_dir: Path) -> ExportReport:
+    """model.onnx with the decision rule and the preprocessing in its metadata (the scorer needs nothing else)."""
+    model.eval().cpu()
+    size_zyx = tuple(reversed(cfg.preprocess.crop.size))
+    meta = {"vertical": "medical3d", "task": "study_classification", **rule.to_dict(),
+            "preprocessing": config_snapshot(cfg.preprocess), "network": cfg.model.network,
+            "input_layout": "NCDHW, D/H/W = z/y/x of the preprocessed volume"}
+    # rtol 1e-3: the blob filter's closed-form eigenvalues (acos) round differently in onnxruntime; 1e-4 of a
+    # logit is far below anything a probability or a verdict can show
+    return export_onnx(model, torch.zeros((1, 1, *size_zyx)), out_dir / "model.onnx", meta, rtol=1e-3)
+
+
+def training_metrics(cal: Calibrated, result: FitResult, cfg: MedicalConfig, by_split: dict[str, list[int]],
+                     prepared: Prepared, export: ExportReport, t_start: float) -> dict:
+    """metrics.json: validation metrics at the chosen rule, the fit's history, splits, failures, ONNX parity."""
+    return {
+        "val": cal.val_metrics,
+        "fit": {"best_epoch": result.best_epoch, "best_metric": result.best_metric,
+                "monitor": cfg.train.monitor, "stopped_reason": result.stopped_reason,
+                "epochs_run": len(result.history), "history": result.history},
+        "splits": {k: len(v) for k, v in by_split.items()},
+        "failures": prepared.failures,
+        "onnx_parity_max_abs_diff": export.max_abs_diff,
+        "seconds": round(time.monotonic() - t_start, 1),
+    }
+
+
+def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | None = None,
+          max_minutes: float | None = None, console: Console | None = None) -> TrainResult:
+    """Preprocess (cached), train, calibrate, choose the threshold, export ONNX and write the run directory."""
+    console = console or Console()
+    t_start = time.monotonic()
+    device = configure_runtime(cfg.runtime)
+    cases, labels = load_split_cases(manifest, cfg)
+    cache = resolve_cache(cfg)
+    prepared = prepare_with_progress(cases, cfg.preprocess, cache, console)
+    by_split = split_indices(prepared, manifest)
+    loaders = make_loaders(prepared, by_split, labels, cfg)
+    model = build_network(cfg, labels, weights, console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = config_snapshot(cfg)
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+    result = fit(model, loaders.train, loaders.val, cfg.train, out_dir / "checkpoints", labels,
+                 config_snapshot=snapshot, deadline=deadline, device=device, class_counts=loaders.class_counts,
+                 console=console, description="train medical3d")
+    cal = calibrate(result, labels, cfg)
+    export = export_model(model, cfg, cal.rule, out_dir)
+    plots.write_all(out_dir / "plots", cal.val_targets, cal.val_probs, cal.rule, title="validation")
+    metrics = training_metrics(cal, result, cfg, by_split, prepared, export, t_start)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    write_run_json(out_dir, vertical="medical3d", labels=labels, config=snapshot,
+                   data_fingerprint=data_fingerprint(prepared.cases, cache), metrics={"val": cal.val_metrics},
+                   positive_label=cal.rule.positive_label, model="model.onnx", checkpoints="checkpoints",
+                   manifest=str(manifest), splits=metrics["splits"], failures=prepared.failures,
+                   weights=str(weights) if weights else None, stopped_reason=result.stopped_reason,
+                   best_epoch=result.best_epoch, cache_dir=str(cache.dir))
+    return TrainResult(out_dir, metrics, cal.rule, result.stopped_reason, result.best_epoch, prepared.failures)
