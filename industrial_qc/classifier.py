@@ -21,10 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.calibration import fit_temperature
-from common.engine import fit, load_checkpoint
+from common.checkpoints import load_checkpoint
+from common.engine import fit
 from common.errors import InputError
 from common.export import export_onnx
-from common.metrics import classification_metrics, softmax
+from common.inference import softmax
+from common.metrics import classification_metrics
 from industrial_qc.config import AugmentConfig, ClassifierConfig
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, to_tensor_batch
 from industrial_qc.cropset import CropSet
@@ -61,8 +63,9 @@ def build_classifier(arch: str, n_classes: int, stem: str = "standard", weights:
     return net
 
 
-def augmentation(cfg: AugmentConfig, crop_size: int) -> A.Compose:
-    """Train-time transform of a (1.5 * S)-sized crop down to (S, S): geometry first, then photometric."""
+def augmentation(cfg: AugmentConfig, crop_size: int, seed: int) -> A.Compose:
+    """Train-time transform of a (1.5 * S)-sized crop down to (S, S): geometry first, then photometric.
+    Seeded: albumentations 2 draws from its own generator, not numpy's or python's global one."""
     return A.Compose([
         A.RandomRotate90(p=cfg.rotate90),
         A.HorizontalFlip(p=cfg.flip),
@@ -73,7 +76,7 @@ def augmentation(cfg: AugmentConfig, crop_size: int) -> A.Compose:
         A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=cfg.brightness_contrast),
         A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=cfg.hsv),
-    ])
+    ], seed=seed)
 
 
 def invert_polarity(crop: np.ndarray) -> np.ndarray:
@@ -147,7 +150,7 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
     flipped = polarity_flip_classes(cfg.augment, labels, train_set) if cfg.augment.invert else []
     if cfg.augment.invert and console is not None:
         console.print(f"  polarity flips (p={cfg.augment.invert}) for: {', '.join(flipped) or 'no class'}")
-    train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size), cfg.normalize,
+    train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size, seed), cfg.normalize,
                            invert=cfg.augment.invert, invert_targets=tuple(labels.index(c) for c in flipped))
     train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
                               num_workers=cfg.workers, drop_last=len(train_set) > cfg.train.batch_size)

@@ -68,12 +68,14 @@ def build_crop_set(
     rel_sizes: np.ndarray | None = None,
     on_image: Callable[[], None] | None = None,
     measure_polarity: bool = False,
+    images: Sequence[np.ndarray] | None = None,
 ) -> CropSet:
     """Crops of every ground-truth box, ``background_per_defect`` random clean windows per box (spread over all
     images, good parts included), up to ``hard_negatives_per_image`` unmatched detections per image and up to
     ``proposals_per_defect`` detections per box that match it (IoU >= 0.5, labelled with its class)
     (``detections[i] = (boxes xyxy px, scores)`` for ``samples[i]``). ``measure_polarity``: also each
-    ground-truth crop's polarity (what ``classifier.augment.invert_classes: auto`` reads)."""
+    ground-truth crop's polarity (what ``classifier.augment.invert_classes: auto`` reads). ``images``: the
+    samples already decoded (``read_image``), else each is read here."""
     rng = np.random.default_rng(seed)
     rel_sizes = defect_rel_sizes(samples) if rel_sizes is None else rel_sizes
     n_gt = sum(len(s.boxes) for s in samples)
@@ -81,7 +83,7 @@ def build_crop_set(
     bg_per_image = np.bincount(rng.integers(0, len(samples), n_bg), minlength=len(samples)) if samples else []
     crops, targets, kinds, polarity = [], [], [], []
     for i, s in enumerate(samples):
-        img = read_image(s.image)
+        img = read_image(s.image) if images is None else images[i]
         gray = (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img) if measure_polarity else None
         h, w = img.shape[:2]
         gt = s.boxes_xyxy(w, h)

@@ -35,6 +35,15 @@ class Sample:
     image: Path
     label: Path | None
     boxes: np.ndarray
+    _size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) upright, from the image header (``image_size``): read on first use, then kept, so
+        the steps that need it share one read (loading does not read it: most uses of a dataset never do)."""
+        if self._size is None:
+            self._size = image_size(self.image)
+        return self._size
 
     @property
     def defective(self) -> bool:
@@ -278,7 +287,7 @@ def defect_scale(samples: list[Sample], imgsz: int) -> dict:
     for s in samples:
         if not s.defective:
             continue
-        w, h = image_size(s.image)
+        w, h = s.size
         largest = max(largest, w, h)
         r = imgsz / max(w, h)
         sides += list(np.maximum(s.boxes[:, 3] * w, s.boxes[:, 4] * h) * r)

@@ -17,8 +17,8 @@ import numpy as np
 
 from common.errors import InputError
 from common.runtime import import_ultralytics
-from industrial_qc import paste
 from industrial_qc.config import DetectorConfig
+from industrial_qc.detector_hooks import add_training_callbacks, epoch_progress
 
 
 @dataclass
@@ -88,7 +88,7 @@ def cpu_bf16_training(enabled: bool):
     """Let Ultralytics' trainer run its ``amp="bf16"`` path on the CPU for the duration.
 
     Its ``autocast`` helper refuses bf16 off CUDA, although ``torch.autocast("cpu", torch.bfloat16)`` works and
-    halves the step time on a CPU with AMX (yolov5nu, batch 16 at 320 px: 0.87 -> 0.40 s with channels-last).
+    shortens the step a lot on a CPU with AMX.
     Weights, optimizer state and the EMA stay fp32; only the forward and backward math runs in bf16, as on a GPU.
     """
     if not enabled:
@@ -109,48 +109,6 @@ def cpu_bf16_training(enabled: bool):
         yield
     finally:
         trainer_mod.autocast = original
-
-
-def _before_training(cfg: DetectorConfig, threads: int | None, seed: int = 0, stats: dict | None = None):
-    """Callback for Ultralytics' ``on_pretrain_routine_end`` (model, optimizer and EMA built, no step taken):
-    the torch threads we were asked for (Ultralytics' device selection sets cores - 1 for CPU training: on 2
-    cores a single thread computed while the other core mostly waited for the data loader); channels-last
-    weights, so oneDNN's convolutions skip a layout conversion per layer; the weight average (EMA) sized to
-    this run (``ema_decay``, ``ema_tau``); and in-image defect copy-paste on the training set (``paste``; its
-    counts go to ``stats``)."""
-
-    def callback(trainer) -> None:
-        import torch
-        from ultralytics.utils.torch_utils import ModelEMA
-
-        from common.runtime import set_torch_threads
-
-        set_torch_threads(threads)
-        if cfg.channels_last:
-            trainer.model.to(memory_format=torch.channels_last)
-        if trainer.ema is not None and trainer.ema.updates == 0:
-            trainer.ema = ModelEMA(trainer.model, decay=cfg.ema_decay, tau=cfg.ema_tau)
-        paste.install(trainer.train_loader.dataset, cfg.paste, seed, stats)
-
-    return callback
-
-
-def _sparse_validation(cfg: DetectorConfig):
-    """Callback for Ultralytics' ``on_train_epoch_end`` (just before it decides whether to validate): validate
-    every ``val_every`` epochs and over the last ``val_last`` ones (``trainer.epochs`` is re-planned from the time
-    budget as training goes). Ultralytics still validates the final epoch, when time is up and when early
-    stopping is near. A skipped epoch's fitness is cleared: ``save_model`` writes best.pt when the epoch's fitness
-    equals the best so far, which a stale value from the previous (best) epoch would do for unvalidated weights."""
-
-    def callback(trainer) -> None:
-        epoch = trainer.epoch + 1  # 1-based: the epoch that just ended
-        validate = (cfg.val_every <= 1 or epoch % cfg.val_every == 0 or epoch == 1
-                    or epoch > trainer.epochs - cfg.val_last)
-        trainer.args.val = validate
-        if not validate:
-            trainer.fitness = None
-
-    return callback
 
 
 def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: str, seed: int,
@@ -175,86 +133,36 @@ def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: s
     return args
 
 
-def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, device: str = "cpu", seed: int = 0,
-                   minutes: float | None = None, weights: str | Path | None = None, threads: int | None = None,
-                   console=None) -> DetectorResult:
-    """Train; returns the best/last .pt (copied to ``work_dir``) and the final validation metrics. ``threads``:
-    torch threads for the training steps (None: all cores).
+def _flatfield_progress(progress, cfg: DetectorConfig):
+    """``progress(done, total)`` for the flat-fielded copy on its own bar; None without a bar or a copy."""
+    from common.progress import add_task, update_rate
 
-    Ultralytics runs quietly (YOLO_VERBOSE=False); a rich progress bar (epochs, rate, ETA, val mAP50 and
-    recall) goes to ``console`` instead. With a time budget Ultralytics re-plans the epoch count as it goes.
-    """
-    import time
+    if progress is None or flatfield_params(cfg) is None:
+        return None
+    task = add_task(progress, "flat-field", total=None)
 
-    from common.progress import add_task, make_progress, update_rate
+    def on_image(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+        update_rate(progress, task, "img")
 
-    t0 = time.monotonic()
-    model = build_model(cfg, weights)
-    progress = make_progress(console) if console is not None else None
-    if progress is not None:
-        task = add_task(progress, "detector", total=None)
-        shown: set[int] = set()
-        last_val = [""]
+    return on_image
 
-        def on_epoch(trainer) -> None:
-            if trainer.epoch in shown or trainer.epoch >= trainer.epochs:
-                return  # the final validation of best.pt fires this hook again
-            shown.add(trainer.epoch)
-            if trainer.fitness is not None:  # validated this epoch (see _sparse_validation)
-                m = trainer.metrics or {}
-                last_val[:] = [f"val mAP50 {float(m.get('metrics/mAP50(B)', 0.0)):.3f} "
-                               f"recall {float(m.get('metrics/recall(B)', 0.0)):.3f} (epoch {trainer.epoch + 1})"]
-            progress.update(task, total=trainer.epochs, completed=trainer.epoch + 1, info=last_val[0])
-            update_rate(progress, task, "epoch")
 
-        model.add_callback("on_fit_epoch_end", on_epoch)
-    project = work_dir / "ultralytics"
-    view_dir = work_dir / "detector_data"
-    with progress if progress is not None else contextlib.nullcontext():
-        on_image = None
-        if progress is not None and flatfield_params(cfg) is not None:
-            ff_task = add_task(progress, "flat-field", total=None)
-
-            def on_image(done: int, total: int) -> None:
-                progress.update(ff_task, completed=done, total=total)
-                update_rate(progress, ff_task, "img")
-
-        view = detector_view(data_yaml, ("train", "val"), cfg.imgsz, flatfield_params(cfg), view_dir, on_image)
-        if minutes is not None:  # the flat-fielded copy came out of the same budget
-            minutes = max(0.05, minutes - (time.monotonic() - t0) / 60)
-        bf16 = use_cpu_bf16(cfg, device)
-        during: dict = {}  # what the training steps really ran with, for metrics.json
-        model.add_callback("on_pretrain_routine_end", _before_training(cfg, threads, seed, during))
-
-        def on_train_epoch_end(trainer) -> None:
-            import torch
-
-            during["torch_threads"] = torch.get_num_threads()
-
-        model.add_callback("on_train_epoch_end", on_train_epoch_end)
-        model.add_callback("on_train_epoch_end", _sparse_validation(cfg))
-
-        def on_val_start(validator) -> None:  # the trainer's validator shares its callbacks
-            during["val_passes"] = during.get("val_passes", 0) + 1  # incl. the final pass on best.pt
-
-        model.add_callback("on_val_start", on_val_start)
-
-        def on_model_save(trainer) -> None:  # last.pt is written each epoch, best.pt when this epoch is the best
-            if trainer.fitness is not None and trainer.best_fitness == trainer.fitness:
-                during.setdefault("best_epochs", []).append(trainer.epoch + 1)  # each epoch that wrote best.pt
-
-        model.add_callback("on_model_save", on_model_save)
-        with cpu_bf16_training(bf16):
-            model.train(**train_args(cfg, view, project, device=device, seed=seed, minutes=minutes, bf16=bf16))
-    shutil.rmtree(view_dir, ignore_errors=True)
-    trainer = model.trainer
+def _keep_checkpoints(trainer, work_dir: Path) -> tuple[Path, Path]:
+    """Copy best.pt (last.pt when no epoch was validated as best) and last.pt to ``work_dir``; drop Ultralytics'
+    weights folder (results.csv and args.yaml stay)."""
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     work_dir.mkdir(parents=True, exist_ok=True)
     best_pt, last_pt = work_dir / "detector_best.pt", work_dir / "detector_last.pt"
     shutil.copy2(best, best_pt)
     if Path(trainer.last).is_file():
         shutil.copy2(trainer.last, last_pt)
-    shutil.rmtree(Path(trainer.last).parent, ignore_errors=True)  # keep one copy; results.csv and args.yaml stay
+    shutil.rmtree(Path(trainer.last).parent, ignore_errors=True)
+    return best_pt, last_pt
+
+
+def _final_metrics(trainer, bf16: bool, during: dict) -> dict:
+    """The last validation's metrics, the precision trained in and what ``during`` noted."""
     m = trainer.metrics or {}
     metrics = {
         "precision": float(m.get("metrics/precision(B)", 0.0)),
@@ -266,7 +174,43 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
     }
     if during.get("best_epochs"):
         metrics["best_epoch"] = during["best_epochs"][-1]  # the epoch best.pt holds
-    return DetectorResult(best_pt, last_pt, metrics, int(trainer.epoch) + 1, time.monotonic() - t0)
+    return metrics
+
+
+def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, device: str = "cpu", seed: int = 0,
+                   minutes: float | None = None, weights: str | Path | None = None, threads: int | None = None,
+                   console=None) -> DetectorResult:
+    """Train; returns the best/last .pt (copied to ``work_dir``) and the final validation metrics. ``threads``:
+    torch threads for the training steps (None: all cores).
+
+    Ultralytics runs quietly (YOLO_VERBOSE=False); a rich progress bar (epochs, rate, ETA, val mAP50 and
+    recall) goes to ``console`` instead. With a time budget Ultralytics re-plans the epoch count as it goes.
+    """
+    import time
+
+    from common.progress import add_task, make_progress
+
+    t0 = time.monotonic()
+    model = build_model(cfg, weights)
+    progress = make_progress(console) if console is not None else None
+    if progress is not None:
+        model.add_callback("on_fit_epoch_end", epoch_progress(progress, add_task(progress, "detector", total=None)))
+    view_dir = work_dir / "detector_data"
+    with progress if progress is not None else contextlib.nullcontext():
+        view = detector_view(data_yaml, ("train", "val"), cfg.imgsz, flatfield_params(cfg), view_dir,
+                             _flatfield_progress(progress, cfg))
+        if minutes is not None:  # the flat-fielded copy came out of the same budget
+            minutes = max(0.05, minutes - (time.monotonic() - t0) / 60)
+        bf16 = use_cpu_bf16(cfg, device)
+        during: dict = {}  # what the training steps really ran with, for metrics.json
+        add_training_callbacks(model, cfg, threads, seed, during)
+        with cpu_bf16_training(bf16):
+            model.train(**train_args(cfg, view, work_dir / "ultralytics", device=device, seed=seed, minutes=minutes,
+                                     bf16=bf16))
+    shutil.rmtree(view_dir, ignore_errors=True)
+    best_pt, last_pt = _keep_checkpoints(model.trainer, work_dir)
+    return DetectorResult(best_pt, last_pt, _final_metrics(model.trainer, bf16, during), int(model.trainer.epoch) + 1,
+                          time.monotonic() - t0)
 
 
 def export_detector(pt: Path, out: Path, cfg: DetectorConfig, labels: list[str], extra_metadata: dict) -> Path:
@@ -314,9 +258,8 @@ def choose_conf(dets: list, gt_boxes: list[np.ndarray], *, target_recall: float,
     detector finds at all (IoU >= iou_thr with a detection made at ``floor``). Returns (conf, box recall at
     conf over all boxes).
 
-    Relative to what is findable, not to all boxes: a detector that finds 89 % of the val defects at the floor
-    would otherwise never reach 98 %, stay at the floor and send max_det candidates per part to stage 2
-    (measured: 10.8 crops per part at conf 0.001 against 6.3 at 0.005, with the same 92 of 103 boxes found)."""
+    Relative to what is findable, not to all boxes: a detector that misses some val defects even at the floor
+    would otherwise never reach the target, stay at the floor and send max_det candidates per part to stage 2."""
     from industrial_qc.crops import box_iou
 
     best = []

@@ -17,7 +17,7 @@ from common.metrics import classification_metrics
 from common.progress import add_task, make_progress, update_rate
 from common.rundir import read_run_json, update_run_json
 from industrial_qc.crops import box_iou
-from industrial_qc.cropset import build_crop_set
+from industrial_qc.cropset import CropSet, build_crop_set
 from industrial_qc.data import Sample, load_dataset, read_image, write_resolved_yaml
 from industrial_qc.pipeline import OnnxClassifier, Pipeline
 from industrial_qc.verdict import part_rates
@@ -94,10 +94,18 @@ def pipeline_metrics(results: Sequence[dict], samples: Sequence[Sample], names: 
     return {"parts": rates, "defects": match}
 
 
-def classifier_gt_metrics(clf: OnnxClassifier, samples: Sequence[Sample], seed: int = 0) -> dict:
-    """Stage 2 alone on ground-truth crops (plus as many random defect-free windows as background)."""
-    cs = build_crop_set(samples, crop_size=clf.crop_size, context=clf.context, min_crop=clf.min_crop,
-                        background_per_defect=1.0, seed=seed + 7)
+def gt_crop_set(clf: OnnxClassifier, samples: Sequence[Sample], seed: int = 0) -> CropSet:
+    """The ground-truth crops of ``samples`` in ``clf``'s crop geometry, plus as many random defect-free windows
+    as background."""
+    return build_crop_set(samples, crop_size=clf.crop_size, context=clf.context, min_crop=clf.min_crop,
+                          background_per_defect=1.0, seed=seed + 7)
+
+
+def classifier_gt_metrics(clf: OnnxClassifier, samples: Sequence[Sample], seed: int = 0,
+                          crops: CropSet | None = None) -> dict:
+    """Stage 2 alone on ground-truth crops (plus as many random defect-free windows as background); ``crops``:
+    ``gt_crop_set`` made already, in the same crop geometry."""
+    cs = gt_crop_set(clf, samples, seed) if crops is None else crops
     if len(cs) == 0:
         return {}
     probs = np.concatenate([clf.probs(cs.crops[i : i + 256]) for i in range(0, len(cs), 256)])
@@ -140,10 +148,12 @@ def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console
                                                     flatfield=pipe.detector.flatfield)
             progress.update(task, total=1, completed=1)
         task = add_task(progress, "classifier on ground-truth crops", total=None)
-        metrics["classifier"] = classifier_gt_metrics(pipe.classifier, samples)
+        crops = gt_crop_set(pipe.classifier, samples)
+        metrics["classifier"] = classifier_gt_metrics(pipe.classifier, samples, crops=crops)
         fp32_path = run_dir / "classifier.onnx"
         if pipe.classifier.model.path != fp32_path and fp32_path.is_file():  # the line runs the int8 copy
-            metrics["classifier_fp32"] = classifier_gt_metrics(OnnxClassifier(fp32_path), samples)
+            # on the same crops: the int8 copy carries fp32's crop geometry in its metadata
+            metrics["classifier_fp32"] = classifier_gt_metrics(OnnxClassifier(fp32_path), samples, crops=crops)
         progress.update(task, total=1, completed=1)
         task = add_task(progress, f"inspect {split}", total=len(samples))
 

@@ -5,53 +5,56 @@
       classifier.line_precision is fp32 or it disagreed with fp32 on val)  metrics.json  data.yaml (resolved copy)
       checkpoints/detector_best.pt detector_last.pt classifier/best.pt classifier/last.pt
       plots/confusion_matrix.png  pr_curve.png
+
+The verdict thresholds live in the classifiers' ONNX metadata; run.json names the model files and their hashes.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 
 from common.config import config_snapshot
 from common.errors import InputError
-from common.export import ExportError, quantize_int8, write_metadata
+from common.export import write_metadata
 from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
-from industrial_qc.config import ClassifierConfig, QCConfig, VerdictConfig
-from industrial_qc.crops import BACKGROUND_GAP, defect_free
+from industrial_qc.config import ClassifierConfig, QCConfig
+from industrial_qc.crops import BACKGROUND_GAP
 from industrial_qc.cropset import TRAIN_MARGIN, CropSet, build_crop_set, defect_rel_sizes
 from industrial_qc.data import (
+    Dataset,
     Sample,
     defect_scale,
     fingerprint,
-    image_size,
     load_dataset,
     read_image,
     small_defect_warning,
     write_resolved_yaml,
 )
 from industrial_qc.evaluate import pipeline_metrics
-from industrial_qc.pipeline import LINE_CLASSIFIER_INT8, Detections, OnnxClassifier, OnnxDetector, Pipeline
-from industrial_qc.verdict import PartSample, Thresholds, candidate_scores, choose_thresholds
+from industrial_qc.pipeline import Detections, OnnxDetector, Pipeline
+from industrial_qc.quantize import LineClassifier, line_classifier
+from industrial_qc.thresholds import line_thresholds, part_sample
+from industrial_qc.verdict import PartSample, Thresholds
+
+if TYPE_CHECKING:  # torch, which the stages load only when they run
+    import torch
+
+    from industrial_qc.classifier import ClassifierResult
+    from industrial_qc.detector import DetectorResult
 
 # Seconds kept back from the budget for ONNX export, hard-negative mining, thresholds and plots.
 MIN_RESERVE_S = 15.0
 MIN_BACKGROUND_SHARE = 0.25  # background crops per defect crop below which training warns (usually ~1)
-CALIBRATION_IMAGES = 64  # training images whose crops set the int8 activation ranges
-# The int8 classifier replaces fp32 on the line only if, over the val candidates, its defect probability moves by
-# at most INT8_MEAN_DIFF on average and by more than 0.1 on at most INT8_BIG_DIFF_SHARE of them.
-INT8_MEAN_DIFF = 0.02
-INT8_BIG_DIFF_SHARE = 0.02
-# Train parts scored for the verdict thresholds (verdict.reference: train+val): at most this many (about 15 ms
-# each on 2 CPU cores), and at least the second number even when the training budget has run out.
-MAX_REFERENCE_TRAIN_PARTS = 2000
-MIN_REFERENCE_TRAIN_PARTS = 100
 
 
 @dataclass
@@ -61,100 +64,114 @@ class TrainOutcome:
     metrics: dict
 
 
-def _detect_all(detector: OnnxDetector, samples: list[Sample], progress, label: str) -> list[Detections]:
-    task = add_task(progress, label, total=len(samples))
+@dataclass(frozen=True)
+class Budget:
+    """The wall time both stages share (``max_minutes``; None: no budget), on ``time.monotonic``'s clock."""
+
+    start: float
+    seconds: float | None
+
+    @classmethod
+    def begin(cls, max_minutes: float | None) -> Budget:
+        return cls(time.monotonic(), max_minutes * 60 if max_minutes else None)
+
+    @property
+    def deadline(self) -> float | None:
+        return self.start + self.seconds if self.seconds else None
+
+    def detector_minutes(self, share: float) -> float | None:
+        """Stage 1's ``share`` of what the reserve (export, mining, thresholds, plots) leaves."""
+        if not self.seconds:
+            return None
+        reserve = max(MIN_RESERVE_S, 0.08 * self.seconds)
+        return max(0.05, (self.seconds - reserve) * share / 60)
+
+    def classifier_deadline(self) -> float | None:
+        """When stage 2 stops: the deadline less a reserve for what follows it, but no sooner than in 5 s."""
+        if self.deadline is None:
+            return None
+        return max(time.monotonic() + 5.0, self.deadline - max(MIN_RESERVE_S, 0.05 * self.seconds))
+
+    def reference_deadline(self) -> float | None:
+        """When scoring train parts for the thresholds stops (``thresholds.train_reference``)."""
+        return None if self.deadline is None else self.deadline - MIN_RESERVE_S / 2
+
+    def minutes_used(self) -> float:
+        return (time.monotonic() - self.start) / 60
+
+
+@dataclass
+class TrainData:
+    """The splits training reads and what the run records about them."""
+
+    ds: Dataset
+    train: list[Sample]
+    val: list[Sample]
+    resolved_yaml: Path  # the run's data.yaml: an absolute ``path``, as Ultralytics needs
+    fingerprint: str
+    scale: dict  # defect_scale of the train split at the detector's input
+
+    @property
+    def labels(self) -> list[str]:
+        return ["background", *self.ds.names]
+
+
+@dataclass
+class LineDetections:
+    """What the exported detector makes of both splits at its line confidence. The val images are decoded once
+    here for every later step (val splits are small); train images are read again where needed."""
+
+    conf: float
+    box_recall: float  # val box recall at ``conf``
+    val_images: list[np.ndarray]
+    val_gt: list[np.ndarray]  # (K, 4) ground-truth boxes in pixels
+    val: list[Detections]
+    train: list[Detections]  # empty when neither stage 2 nor the thresholds need them
+
+
+def load_train_data(data_yaml: Path, out: Path, imgsz: int, console: Console) -> TrainData:
+    """Load and check the train and val splits, create the run folder with its resolved data.yaml, and warn
+    when the train defects are too small for the detector at ``imgsz``."""
+    ds = load_dataset(data_yaml, ("train", "val"))
+    train, val = ds.split("train"), ds.split("val")
+    if not any(s.defective for s in train) or not any(s.defective for s in val):
+        raise InputError(f"{data_yaml}: train and val each need at least one labelled defect")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    resolved = write_resolved_yaml(ds, out / "data.yaml")
+    fp = fingerprint(ds)
+    console.print(f"[bold]data[/] {data_yaml}: {ds.summary()}")
+    scale = defect_scale(train, imgsz)
+    if warning := small_defect_warning(scale):
+        console.print(f"[yellow]warning: {warning}[/]")
+    return TrainData(ds, train, val, resolved, fp, scale)
+
+
+def detector_stage(cfg: QCConfig, data: TrainData, out: Path, device: torch.device, budget: Budget,
+                   weights: str | Path | None, console: Console) -> DetectorResult:
+    """Stage 1: train the detector within its share of the budget and export ``detector.onnx``."""
+    from industrial_qc.detector import export_detector, train_detector
+
+    minutes = budget.detector_minutes(cfg.detector_share)
+    console.print(f"[bold]stage 1[/] detector {cfg.detector.model} at {cfg.detector.imgsz} px"
+                  + (f", {minutes:.1f} min budget" if minutes else f", {cfg.detector.epochs} epochs"))
+    det = train_detector(cfg.detector, data.resolved_yaml, out / "checkpoints",
+                         device="cpu" if device.type == "cpu" else "0", seed=cfg.seed, minutes=minutes,
+                         weights=weights, threads=cfg.threads, console=console)
+    export_detector(det.best_pt, out / "detector.onnx", cfg.detector, data.ds.names,
+                    {"data_fingerprint": data.fingerprint, "run_name": out.name})
+    console.print(f"  detector: {det.epochs_run} epochs in {det.seconds / 60:.1f} min, val mAP50 "
+                  f"{det.metrics['mAP50']:.3f}, recall {det.metrics['recall']:.3f}")
+    return det
+
+
+def _detect_all(detector: OnnxDetector, images: Iterable[np.ndarray], total: int, progress, label: str
+                ) -> list[Detections]:
+    task = add_task(progress, label, total=total)
     out = []
-    for s in samples:
-        out.append(detector(read_image(s.image)))
+    for img in images:
+        out.append(detector(img))
         progress.update(task, advance=1)
         update_rate(progress, task, "img")
-    return out
-
-
-def part_sample(vcfg: VerdictConfig, samples: list[Sample], dets: list[Detections], probs: list[np.ndarray],
-                gt: list[np.ndarray]) -> PartSample:
-    """The thresholds' view of some parts from their line detections, class probabilities (K, C) and ground-truth
-    boxes in pixels: each part's highest candidate score (0 without candidates) and, with
-    ``fail_from_defect_free_regions``, each defective part's highest score among its candidates that touch no
-    labelled defect (the rule hard negatives follow): what it would score if it were good."""
-    cand = [candidate_scores(1.0 - p[:, 0], d.scores, vcfg.score) for d, p in zip(dets, probs, strict=True)]
-    scores = np.array([float(c.max()) if len(c) else 0.0 for c in cand])
-    free = None
-    if vcfg.fail_from_defect_free_regions:
-        free = []
-        for s, d, c, g in zip(samples, dets, cand, gt, strict=True):
-            if s.defective:
-                keep = defect_free(d.boxes, g)
-                free.append(float(c[keep].max()) if keep.any() else 0.0)
-    return PartSample(scores, np.array([s.defective for s in samples], bool), None if free is None else np.array(free))
-
-
-def val_thresholds(vcfg: VerdictConfig, val: PartSample, train: PartSample | None = None) -> Thresholds:
-    """The verdict thresholds from the val parts and, with ``reference: train+val``, the train parts."""
-    return choose_thresholds(val.scores, val.defective, target_recall=vcfg.target_recall,
-                             max_false_reject=vcfg.max_false_reject, min_review=vcfg.min_review_threshold,
-                             max_review=vcfg.max_review_threshold, min_fail=vcfg.min_fail_threshold,
-                             defect_free_scores=val.defect_free,
-                             train=train if vcfg.reference == "train+val" else None, score=vcfg.score,
-                             recall_confidence=vcfg.recall_confidence)
-
-
-def _gt_boxes(samples: list[Sample]) -> list[np.ndarray]:
-    out = []
-    for s in samples:
-        out.append(s.boxes_xyxy(*image_size(s.image)))
-    return out
-
-
-def train_reference(vcfg: VerdictConfig, classifier: OnnxClassifier, train: list[Sample], dets: list[Detections],
-                    seed: int, deadline: float | None, max_parts: int = MAX_REFERENCE_TRAIN_PARTS,
-                    min_parts: int = MIN_REFERENCE_TRAIN_PARTS, console: Console | None = None) -> PartSample:
-    """The train split's parts for the thresholds, scored by the line's models: up to ``max_parts`` of them in a
-    seeded random order, and after ``deadline`` (time.monotonic; the training budget) no more than ``min_parts``."""
-    order = np.random.default_rng(seed).permutation(len(train))[:max_parts]
-    used, probs, gt = [], [], []
-    with make_progress(console) as progress:
-        task = add_task(progress, "score train parts", total=len(order), info="verdict thresholds")
-        for i in order:
-            if deadline is not None and time.monotonic() > deadline and len(used) >= min_parts:
-                break
-            img = read_image(train[i].image)
-            h, w = img.shape[:2]
-            used.append(int(i))
-            probs.append(classifier.probs(classifier.crops(img, dets[i].boxes)))
-            gt.append(train[i].boxes_xyxy(w, h))
-            progress.update(task, advance=1)
-            update_rate(progress, task, "img")
-    return part_sample(vcfg, [train[i] for i in used], [dets[i] for i in used], probs, gt)
-
-
-def _calibration_batches(clf: OnnxClassifier, samples: list[Sample], dets: list[Detections]) -> list[np.ndarray]:
-    """``clf``'s input tensors for up to CALIBRATION_IMAGES training images spread over the split (crops of the
-    ground-truth boxes and the detector's candidates, one batch per image): what the line classifier will see."""
-    idx = np.unique(np.linspace(0, len(samples) - 1, min(CALIBRATION_IMAGES, len(samples))).round().astype(int))
-    batches = []
-    for i in idx:
-        img = read_image(samples[i].image)
-        h, w = img.shape[:2]
-        boxes = samples[i].boxes_xyxy(w, h)
-        if i < len(dets) and len(dets[i]):
-            boxes = np.concatenate([boxes, dets[i].boxes])
-        if len(boxes):
-            batches.append(clf.tensors(clf.crops(img, boxes)))
-    return batches
-
-
-def _int8_agreement(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
-    """How far the int8 classifier's defect probabilities (1 - p(background)) are from fp32's on the same crops."""
-    ref, got = [p for p in ref if len(p)], [p for p in got if len(p)]
-    if not ref:
-        return {"crops": 0, "mean_abs_diff": 0.0, "max_abs_diff": 0.0, "share_diff_over_0.1": 0.0,
-                "same_class": 1.0, "used": True}
-    r, g = np.concatenate(ref), np.concatenate(got)
-    diff = np.abs(r[:, 0] - g[:, 0])
-    out = {"crops": len(diff), "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
-           "share_diff_over_0.1": float((diff > 0.1).mean()), "same_class": float((r.argmax(1) == g.argmax(1)).mean())}
-    out["used"] = bool(out["mean_abs_diff"] <= INT8_MEAN_DIFF and out["share_diff_over_0.1"] <= INT8_BIG_DIFF_SHARE)
     return out
 
 
@@ -165,10 +182,38 @@ def _keep(d: Detections, conf: float, min_keep: int) -> Detections:
     return d.subset(m)
 
 
+def line_detections(cfg: QCConfig, data: TrainData, detector: OnnxDetector, console: Console) -> LineDetections:
+    """Set the line confidence (the highest that keeps ``detector.target_box_recall`` of the val boxes the
+    detector finds; written into its ONNX file) and detect val at it, and train too when hard negatives,
+    proposals or train-split thresholds need it."""
+    from industrial_qc.detector import choose_conf
+
+    dcfg, ccfg = cfg.detector, cfg.classifier
+    val_images = [read_image(s.image) for s in data.val]
+    val_gt = [s.boxes_xyxy(*s.size) for s in data.val]
+    detector.conf = dcfg.min_conf
+    with make_progress(console) as progress:
+        val_raw = _detect_all(detector, val_images, len(val_images), progress, "detect val")
+        conf, box_recall = choose_conf(val_raw, val_gt, target_recall=dcfg.target_box_recall,
+                                       iou_thr=cfg.verdict.match_iou, floor=dcfg.min_conf, ceiling=dcfg.conf)
+        detector.conf = conf
+        write_metadata(detector.model.path, {"conf": conf})
+        val_dets = [_keep(d, conf, dcfg.min_candidates) for d in val_raw]
+        train_dets = []
+        if ccfg.hard_negatives or ccfg.proposals_per_defect > 0 or cfg.verdict.reference == "train+val":
+            train_dets = _detect_all(detector, (read_image(s.image) for s in data.train), len(data.train),
+                                     progress, "detect train")
+    console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
+                  "candidates")
+    return LineDetections(conf, box_recall, val_images, val_gt, val_dets, train_dets)
+
+
 def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Sample], train_dets: list[Detections],
-                     val_dets: list[Detections], seed: int) -> tuple[CropSet, CropSet]:
+                     val_dets: list[Detections], seed: int, val_images: list[np.ndarray] | None = None
+                     ) -> tuple[CropSet, CropSet]:
     """Stage 2's training and validation crops: ground truth, random clean windows, the detector's false alarms
-    (hard negatives) and its matching proposals (``*_dets[i]`` = the line detector's output on image ``i``)."""
+    (hard negatives) and its matching proposals (``*_dets[i]`` = the line detector's output on image ``i``;
+    ``val_images``: the val split decoded, else read from disk)."""
     kw = dict(crop_size=ccfg.crop_size, context=ccfg.context, min_crop=ccfg.min_crop, scale=TRAIN_MARGIN,
               background_per_defect=ccfg.background_per_defect, rel_sizes=defect_rel_sizes(train),
               hard_negatives_per_image=ccfg.hard_negatives_per_image if ccfg.hard_negatives else 0,
@@ -177,7 +222,7 @@ def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Samp
     train_set = build_crop_set(train, detections={i: (d.boxes, d.scores) for i, d in enumerate(train_dets)},
                                seed=seed, measure_polarity=auto_flip, **kw)
     val_set = build_crop_set(val, detections={i: (d.boxes, d.scores) for i, d in enumerate(val_dets)},
-                             seed=seed + 1, **kw)
+                             seed=seed + 1, images=val_images, **kw)
     return train_set, val_set
 
 
@@ -193,181 +238,130 @@ def background_warning(counts: list[int]) -> str | None:
             "parts in train (images without a label file) give it clean surface.")
 
 
+def stage2_crops(ccfg: ClassifierConfig, data: TrainData, line: LineDetections, seed: int, console: Console
+                 ) -> tuple[CropSet, CropSet]:
+    """``stage2_crop_sets`` from the line detections, with their class counts (and a warning) on ``console``."""
+    train_set, val_set = stage2_crop_sets(ccfg, data.train, data.val, line.train, line.val, seed,
+                                          val_images=line.val_images)
+    counts = train_set.counts(len(data.labels))
+    console.print(f"[bold]stage 2[/] classifier {ccfg.arch}: {len(train_set)} train crops "
+                  f"{dict(zip(data.labels, counts, strict=True))}, {len(val_set)} val crops")
+    if warning := background_warning(counts):
+        console.print(f"[yellow]warning: {warning}[/]")
+    return train_set, val_set
+
+
+def classifier_stage(cfg: QCConfig, data: TrainData, crops: tuple[CropSet, CropSet], out: Path, device: torch.device,
+                     budget: Budget, snapshot: dict, console: Console) -> tuple[ClassifierResult, int]:
+    """Stage 2: train the crop classifier until its deadline and export ``classifier.onnx``. Returns the result
+    and the torch threads it trained with."""
+    from industrial_qc.classifier import export_classifier, train_classifier
+
+    threads = set_torch_threads(cfg.threads)  # Ultralytics' device selection leaves torch on cores - 1
+    clf = train_classifier(cfg.classifier, data.labels, *crops, out / "checkpoints" / "classifier",
+                           deadline=budget.classifier_deadline(), device=device, seed=cfg.seed,
+                           config_snapshot=snapshot, console=console)
+    export_classifier(clf.model, cfg.classifier, data.labels, clf.temperature, out / "classifier.onnx",
+                      {"data_fingerprint": data.fingerprint, "run_name": out.name})
+    return clf, threads
+
+
+def store_thresholds(th: Thresholds, out: Path, line: LineClassifier) -> dict:
+    """Write the thresholds into ``classifier.onnx`` and the line's classifier (their one home); returns them."""
+    thresholds = th.to_dict()
+    for path in {out / "classifier.onnx", line.classifier.model.path}:
+        write_metadata(path, {"thresholds": thresholds})
+    return thresholds
+
+
+def val_pipeline(detector: OnnxDetector, line_clf: LineClassifier, th: Thresholds, data: TrainData,
+                 line: LineDetections, match_iou: float) -> dict:
+    """Part and defect metrics of the line's pipeline on val, from the detections and probabilities made."""
+    pipe = Pipeline(detector, line_clf.classifier, th.fail, th.review, score=th.score)
+    results = []
+    for s, d, p in zip(data.val, line.val, line_clf.val_probs, strict=True):
+        w, h = s.size
+        results.append({**pipe.result(d, p), "status": "ok", "height": h, "width": w})
+    return pipeline_metrics(results, data.val, data.ds.names, match_iou)
+
+
+def train_metrics(det: DetectorResult, clf: ClassifierResult, cls_threads: int, line: LineDetections,
+                  crops: tuple[CropSet, CropSet], line_clf: LineClassifier, thresholds: dict, on_val: dict,
+                  data: TrainData, budget: Budget) -> dict:
+    """metrics.json's ``train`` section: both stages, the line classifier, the thresholds and the val pipeline."""
+    return {
+        "detector": {**det.metrics, "epochs": det.epochs_run, "minutes": det.seconds / 60, "line_conf": line.conf,
+                     "val_box_recall_at_line_conf": line.box_recall},
+        "classifier": {k: v for k, v in clf.val_metrics.items()}
+        | {"epochs": len(clf.history), "stopped": clf.stopped_reason, "minutes": clf.seconds / 60,
+           "train_crops": len(crops[0]), "val_crops": len(crops[1]),
+           "line_classifier": line_clf.classifier.model.path.name,
+           "torch_threads": cls_threads, "polarity_flips": clf.polarity_flips,
+           "int8_check": line_clf.int8_check},
+        "thresholds": thresholds,  # a report: the line reads them from the classifiers' ONNX metadata
+        "val_pipeline": on_val,
+        "defect_scale": data.scale,
+        "minutes_total": budget.minutes_used(),
+    }
+
+
+def write_run(out: Path, data_yaml: Path, data: TrainData, snapshot: dict, metrics: dict) -> dict:
+    """run.json: labels, config, data fingerprint, headline metrics and the files of the run (their hashes:
+    ``model_sha256``)."""
+    headline = {
+        "val_detector_mAP50": metrics["detector"]["mAP50"],
+        "val_classifier_accuracy": metrics["classifier"]["accuracy"],
+        "val_escape_rate": metrics["val_pipeline"]["parts"]["escape_rate"],
+        "val_false_reject_rate": metrics["val_pipeline"]["parts"]["false_reject_rate"],
+        "minutes_total": metrics["minutes_total"],
+    }
+    return write_run_json(out, vertical="industrial_qc", labels=data.labels, config=snapshot,
+                          data_fingerprint=data.fingerprint, metrics=headline, detector_names=data.ds.names,
+                          data_yaml=str(Path(data_yaml).resolve()),
+                          artifacts={"detector": "detector.onnx", "classifier": "classifier.onnx",
+                                     "line_classifier": metrics["classifier"]["line_classifier"],
+                                     "checkpoints": "checkpoints", "metrics": "metrics.json", "plots": "plots"})
+
+
 def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
               console: Console | None = None) -> TrainOutcome:
     """Train stage 1 and stage 2 on ``data_yaml`` into run directory ``out`` and return run.json's content."""
     console = console or Console()
-    start = time.monotonic()
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
-    deadline = start + budget_s if budget_s else None
+    budget = Budget.begin(cfg.max_minutes)
     seed_everything(cfg.seed)
     set_torch_threads(cfg.threads)
     device = pick_device(cfg.device)
-
-    ds = load_dataset(data_yaml, ("train", "val"))
-    train, val = ds.split("train"), ds.split("val")
-    if not any(s.defective for s in train) or not any(s.defective for s in val):
-        raise InputError(f"{data_yaml}: train and val each need at least one labelled defect")
     out = Path(out)
-    ckpt = out / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    resolved = write_resolved_yaml(ds, out / "data.yaml")
-    fp = fingerprint(ds)
-    labels = ["background", *ds.names]
+    data = load_train_data(data_yaml, out, cfg.detector.imgsz, console)
     snapshot = config_snapshot(cfg)
-    console.print(f"[bold]data[/] {data_yaml}: {ds.summary()}")
-    scale = defect_scale(train, cfg.detector.imgsz)
-    if warning := small_defect_warning(scale):
-        console.print(f"[yellow]warning: {warning}[/]")
 
-    # ---- stage 1
-    from industrial_qc.detector import choose_conf, export_detector, train_detector
+    det = detector_stage(cfg, data, out, device, budget, detector_weights, console)
+    detector = OnnxDetector(out / "detector.onnx")  # what the line runs, for everything that follows
+    line = line_detections(cfg, data, detector, console)
+    crops = stage2_crops(cfg.classifier, data, line, cfg.seed, console)
+    clf, cls_threads = classifier_stage(cfg, data, crops, out, device, budget, snapshot, console)
 
-    det_minutes = None
-    if budget_s:
-        reserve = max(MIN_RESERVE_S, 0.08 * budget_s)
-        det_minutes = max(0.05, (budget_s - reserve) * cfg.detector_share / 60)
-    console.print(f"[bold]stage 1[/] detector {cfg.detector.model} at {cfg.detector.imgsz} px"
-                  + (f", {det_minutes:.1f} min budget" if det_minutes else f", {cfg.detector.epochs} epochs"))
-    det = train_detector(cfg.detector, resolved, ckpt, device="cpu" if device.type == "cpu" else "0", seed=cfg.seed,
-                         minutes=det_minutes, weights=detector_weights, threads=cfg.threads, console=console)
-    export_detector(det.best_pt, out / "detector.onnx", cfg.detector, ds.names,
-                    {"data_fingerprint": fp, "run_name": out.name})
-    console.print(f"  detector: {det.epochs_run} epochs in {det.seconds / 60:.1f} min, val mAP50 "
-                  f"{det.metrics['mAP50']:.3f}, recall {det.metrics['recall']:.3f}")
-
-    # ---- line-time confidence, hard negatives and val candidates, from the exported detector (what the line runs)
-    detector = OnnxDetector(out / "detector.onnx")
-    dcfg, ccfg = cfg.detector, cfg.classifier
-    detector.conf = dcfg.min_conf
-    with make_progress(console) as progress:
-        val_raw = _detect_all(detector, val, progress, "detect val")
-        val_gt = _gt_boxes(val)
-        conf, box_recall = choose_conf(val_raw, val_gt, target_recall=dcfg.target_box_recall,
-                                       iou_thr=cfg.verdict.match_iou, floor=dcfg.min_conf, ceiling=dcfg.conf)
-        detector.conf = conf
-        write_metadata(out / "detector.onnx", {"conf": conf})
-        val_dets = [_keep(d, conf, dcfg.min_candidates) for d in val_raw]
-        need_train_dets = (ccfg.hard_negatives or ccfg.proposals_per_defect > 0
-                           or cfg.verdict.reference == "train+val")
-        train_dets = _detect_all(detector, train, progress, "detect train") if need_train_dets else []
-        console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
-                      "candidates")
-        train_set, val_set = stage2_crop_sets(ccfg, train, val, train_dets, val_dets, cfg.seed)
-    counts = train_set.counts(len(labels))
-    console.print(f"[bold]stage 2[/] classifier {ccfg.arch}: {len(train_set)} train crops "
-                  f"{dict(zip(labels, counts, strict=True))}, {len(val_set)} val crops")
-    if warning := background_warning(counts):
-        console.print(f"[yellow]warning: {warning}[/]")
-
-    # ---- stage 2
-    from industrial_qc.classifier import export_classifier, train_classifier
-
-    cls_threads = set_torch_threads(cfg.threads)  # Ultralytics' device selection leaves torch on cores - 1
-
-    cls_deadline = None
-    if deadline is not None:
-        cls_deadline = max(time.monotonic() + 5.0, deadline - max(MIN_RESERVE_S, 0.05 * budget_s))
-    clf = train_classifier(ccfg, labels, train_set, val_set, ckpt / "classifier", deadline=cls_deadline,
-                           device=device, seed=cfg.seed, config_snapshot=snapshot, console=console)
-    export_classifier(clf.model, ccfg, labels, clf.temperature, out / "classifier.onnx",
-                      {"data_fingerprint": fp, "run_name": out.name})
-
-    # ---- the line's classifier: an int8 copy when it agrees with fp32 on the val candidates
-    classifier = OnnxClassifier(out / "classifier.onnx")
-    int8 = None
-    (out / LINE_CLASSIFIER_INT8).unlink(missing_ok=True)  # a stale copy from an earlier run in this folder
-    if ccfg.line_precision == "int8":
-        int8_path = out / LINE_CLASSIFIER_INT8
-        try:
-            batches = _calibration_batches(classifier, train, train_dets)
-            quantize_int8(out / "classifier.onnx", int8_path, batches,
-                          {"precision": "int8", "calibration_crops": int(sum(len(b) for b in batches))})
-            int8 = OnnxClassifier(int8_path)
-        except ExportError as exc:
-            console.print(f"[yellow]  {exc}; the line uses the fp32 classifier[/]")
-    # ---- thresholds on val, with the line's ONNX models and the detections already made
-    val_probs, int8_probs = [], []
-    for s, d in zip(val, val_dets, strict=True):
-        crops = classifier.crops(read_image(s.image), d.boxes)
-        val_probs.append(classifier.probs(crops))
-        if int8 is not None:
-            int8_probs.append(int8.probs(crops))
-    int8_check = None
-    if int8 is not None:
-        int8_check = _int8_agreement(val_probs, int8_probs)
-        if int8_check["used"]:
-            write_metadata(int8.model.path, {"val_agreement": int8_check})
-            classifier, val_probs = int8, int8_probs
-            console.print(f"  line classifier: int8 ({LINE_CLASSIFIER_INT8}); defect probability vs fp32 on "
-                          f"{int8_check['crops']} val candidates: mean |diff| {int8_check['mean_abs_diff']:.4f}, "
-                          f"same class {int8_check['same_class']:.3f}")
-        else:
-            console.print(f"[yellow]  line classifier: fp32; the int8 copy moved defect probabilities by "
-                          f"{int8_check['mean_abs_diff']:.3f} on average ({int8_check['share_diff_over_0.1']:.1%} "
-                          "by more than 0.1)[/]")
-            int8.model.path.unlink()
-    line_classifier = classifier.model.path.name
-    vcfg = cfg.verdict
-    val_sample = part_sample(vcfg, val, val_dets, val_probs, val_gt)
-    train_sample = None
-    if vcfg.reference == "train+val":
-        train_sample = train_reference(vcfg, classifier, train, train_dets, cfg.seed,
-                                       None if deadline is None else deadline - MIN_RESERVE_S / 2, console=console)
-    th = val_thresholds(vcfg, val_sample, train_sample)
-    for note in (th.reference_note, th.review_note):
-        if note:
-            console.print(f"[yellow]  thresholds: {note}[/]")
-    thresholds = th.to_dict()
-    for path in {out / "classifier.onnx", classifier.model.path}:
-        write_metadata(path, {"thresholds": thresholds})
-    pipe = Pipeline(detector, classifier, th.fail, th.review, score=th.score)
-    val_results = []
-    for s, d, p in zip(val, val_dets, val_probs, strict=True):
-        w, h = image_size(s.image)
-        val_results.append({**pipe.result(d, p), "status": "ok", "height": h, "width": w})
-    val_pipeline = pipeline_metrics(val_results, val, ds.names, vcfg.match_iou)
-
-    metrics = {
-        "detector": {**det.metrics, "epochs": det.epochs_run, "minutes": det.seconds / 60, "line_conf": conf,
-                     "val_box_recall_at_line_conf": box_recall},
-        "classifier": {k: v for k, v in clf.val_metrics.items()}
-        | {"epochs": len(clf.history), "stopped": clf.stopped_reason, "minutes": clf.seconds / 60,
-           "train_crops": len(train_set), "val_crops": len(val_set), "line_classifier": line_classifier,
-           "torch_threads": cls_threads, "polarity_flips": clf.polarity_flips,
-           "int8_check": int8_check},
-        "thresholds": thresholds,
-        "val_pipeline": val_pipeline,
-        "defect_scale": scale,
-        "minutes_total": (time.monotonic() - start) / 60,
-    }
-    plot_dir = out / "plots"
-    _plots(plot_dir, clf.val_metrics["confusion_matrix"], labels, val_sample.scores, val_sample.defective, th)
+    line_clf = line_classifier(cfg.classifier.line_precision, out / "classifier.onnx", data.train, line.train,
+                               line.val_images, line.val, console)
+    val_sample = part_sample(cfg.verdict, data.val, line.val, line_clf.val_probs, line.val_gt)
+    th = line_thresholds(cfg.verdict, line_clf.classifier, val_sample, data.train, line.train, cfg.seed,
+                         budget.reference_deadline(), console)
+    thresholds = store_thresholds(th, out, line_clf)
+    on_val = val_pipeline(detector, line_clf, th, data, line, cfg.verdict.match_iou)
+    metrics = train_metrics(det, clf, cls_threads, line, crops, line_clf, thresholds, on_val, data, budget)
+    _plots(out / "plots", clf.val_metrics["confusion_matrix"], data.labels, val_sample, th)
     (out / "metrics.json").write_text(json.dumps({"train": metrics}, indent=2, default=float))
-    headline = {
-        "val_detector_mAP50": det.metrics["mAP50"],
-        "val_classifier_accuracy": clf.val_metrics["accuracy"],
-        "val_escape_rate": val_pipeline["parts"]["escape_rate"],
-        "val_false_reject_rate": val_pipeline["parts"]["false_reject_rate"],
-        "minutes_total": metrics["minutes_total"],
-    }
-    run = write_run_json(out, vertical="industrial_qc", labels=labels, config=snapshot, data_fingerprint=fp,
-                         metrics=headline, thresholds=thresholds, detector_names=ds.names,
-                         data_yaml=str(Path(data_yaml).resolve()),
-                         artifacts={"detector": "detector.onnx", "classifier": "classifier.onnx",
-                                    "line_classifier": line_classifier,
-                                    "checkpoints": "checkpoints", "metrics": "metrics.json", "plots": "plots"})
-    return TrainOutcome(out, run, metrics)
+    return TrainOutcome(out, write_run(out, data_yaml, data, snapshot, metrics), metrics)
 
 
-def _plots(plot_dir: Path, confusion: list[list[int]], labels: list[str], scores: np.ndarray, defective: np.ndarray,
-           th) -> None:
+def _plots(plot_dir: Path, confusion: list[list[int]], labels: list[str], val: PartSample, th: Thresholds) -> None:
     """Confusion matrix of stage 2 on val crops; part-level precision-recall curve with the chosen thresholds."""
     from sklearn.metrics import precision_recall_curve
 
     from common.plots import pyplot, save_confusion_matrix
 
     plt = pyplot()
+    scores, defective = val.scores, val.defective
 
     save_confusion_matrix(plot_dir / "confusion_matrix.png", confusion, labels, "classifier, val crops")
 

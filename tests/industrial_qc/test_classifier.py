@@ -1,4 +1,5 @@
-"""Polarity of a defect mark and the class-conditional polarity flip of stage 2's training crops."""
+"""Stage 2's class-conditional polarity flip: the polarity of a defect mark, which classes get flipped, and the
+flipped training crops."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ import cv2
 import numpy as np
 import pytest
 
+from common.config import config_section
 from common.errors import InputError
 from industrial_qc.classifier import CropDataset, invert_polarity, polarity_flip_classes
-from industrial_qc.config import AugmentConfig
+from industrial_qc.config import DEFAULT_CONFIG, AugmentConfig
 from industrial_qc.crops import box_polarity, to_tensor_batch
 from industrial_qc.cropset import CropSet
 
 LABELS = ["background", "scratch", "pit", "crack"]
+
+
+def _augment(**changes) -> AugmentConfig:
+    return config_section(AugmentConfig, DEFAULT_CONFIG, "classifier.augment", **changes)
 
 
 def _surface(seed: int = 0, size: int = 160) -> np.ndarray:
@@ -61,12 +67,12 @@ def _crop_set(polarity_by_class: dict[int, list[int]]) -> CropSet:
 
 def test_auto_polarity_flips_only_classes_that_go_both_ways():
     cs = _crop_set({1: [1, 1, -1, -1, 1], 2: [-1, -1, -1, -1, 1], 3: [-1] * 6})  # 60 %, 20 %, 0 % bright
-    cfg = AugmentConfig(invert=0.5)
+    cfg = _augment(invert=0.5)
     assert polarity_flip_classes(cfg, LABELS, cs) == ["scratch"]
-    assert polarity_flip_classes(AugmentConfig(invert=0.5, invert_min_share=0.2), LABELS, cs) == ["scratch", "pit"]
-    assert polarity_flip_classes(AugmentConfig(invert=0.5, invert_classes=["crack"]), LABELS, cs) == ["crack"]
+    assert polarity_flip_classes(_augment(invert=0.5, invert_min_share=0.2), LABELS, cs) == ["scratch", "pit"]
+    assert polarity_flip_classes(_augment(invert=0.5, invert_classes=["crack"]), LABELS, cs) == ["crack"]
     with pytest.raises(InputError, match="rust"):
-        polarity_flip_classes(AugmentConfig(invert=0.5, invert_classes=["rust"]), LABELS, cs)
+        polarity_flip_classes(_augment(invert=0.5, invert_classes=["rust"]), LABELS, cs)
 
 
 def test_crop_dataset_flips_the_chosen_classes_only():

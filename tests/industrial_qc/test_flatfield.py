@@ -7,7 +7,7 @@ import numpy as np
 
 from industrial_qc.data import load_dataset, read_image
 from industrial_qc.flatfield import fit_to, flatfield, write_flatfield_dataset
-from industrial_qc.pipeline import OnnxDetector, letterbox
+from industrial_qc.pipeline import letterbox
 
 
 def _faint_spot_on_gradient(size: int = 128) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -71,14 +71,3 @@ def test_flatfield_dataset_copy_keeps_labels_and_good_parts(tiny_data, tmp_path)
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-6)
         expected = flatfield(fit_to(read_image(a.image), (64, 64))[0], **params)
         assert np.array_equal(cv2.imread(str(b.image)), expected)  # PNG: lossless
-
-
-def test_the_line_feeds_the_detector_what_it_was_trained_on(tiny_run, tiny_data):
-    det = OnnxDetector(tiny_run / "detector.onnx")
-    assert det.flatfield == {"sigma": 0.125, "gain": 40.0, "grid": 32}
-    img = read_image(load_dataset(tiny_data).split("val")[0].image)
-    padded, _, (left, top) = letterbox(img, det.imgsz, det.flatfield)
-    resized, _ = fit_to(img, det.imgsz)
-    h, w = resized.shape[:2]
-    content = padded[top : top + h, left : left + w]
-    assert np.array_equal(content, flatfield(resized, **det.flatfield))
