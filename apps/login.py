@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,7 +47,7 @@ def require_login(app: str) -> Identity | None:
     mode = auth.login_mode(files)
     if mode == "none":
         return None
-    ident = _oidc() if mode == "oidc" else _password()
+    ident = LOGIN_FORMS[mode]()
     if ident is None:
         st.stop()
     st.sidebar.markdown(f"Signed in as **{md(ident.name)}**")
@@ -97,6 +98,10 @@ def _password() -> Identity | None:
         time.sleep(FAILED_LOGIN_DELAY_S)
         st.error("wrong password")
     return None
+
+
+# login mode (apps.auth.login_mode, "none" aside) -> the page's login form; None until someone is logged in
+LOGIN_FORMS: dict[str, Callable[[], Identity | None]] = {"oidc": _oidc, "password": _password}
 
 
 def audit_login(store: Store | None, app: str) -> None:

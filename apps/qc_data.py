@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -23,8 +25,8 @@ from apps.safe_export import plan_folder, staged_folder
 from common.errors import InputError
 from common.results import decode_nested, read_records
 
-VERDICTS = ("PASS", "FAIL", "REVIEW")
 TRUTH_VERDICTS = ("PASS", "FAIL")
+ReviewFilter = Literal["all", "reviewed", "not reviewed"]
 
 
 def _first(d: dict, *keys: str, default=None):
@@ -128,7 +130,15 @@ class Filters:
     classes: list[str] = field(default_factory=list)  # part has a defect of any of them; empty = all
     prob_range: tuple[float, float] = (0.0, 1.0)  # on the part's top defect probability
     time_range: tuple[pd.Timestamp, pd.Timestamp] | None = None
-    reviewed: str = "all"  # all | reviewed | not reviewed
+    reviewed: ReviewFilter = "all"
+
+
+# review status filter -> which parts it keeps, from the parts table's ``reviewed`` column (decision or "")
+REVIEW_FILTERS: dict[ReviewFilter, Callable[[pd.Series], pd.Series | bool]] = {
+    "all": lambda reviewed: True,
+    "reviewed": lambda reviewed: reviewed != "",
+    "not reviewed": lambda reviewed: reviewed == "",
+}
 
 
 def filter_parts(df: pd.DataFrame, f: Filters) -> pd.DataFrame:
@@ -143,10 +153,7 @@ def filter_parts(df: pd.DataFrame, f: Filters) -> pd.DataFrame:
     if f.time_range is not None:
         t0, t1 = f.time_range
         m &= df["time"].isna() | ((df["time"] >= t0) & (df["time"] <= t1))
-    if f.reviewed == "reviewed":
-        m &= df["reviewed"] != ""
-    elif f.reviewed == "not reviewed":
-        m &= df["reviewed"] == ""
+    m &= REVIEW_FILTERS[f.reviewed](df["reviewed"])
     return df[m]
 
 

@@ -1,6 +1,8 @@
 """Factory part views: the image with class-coloured labelled boxes, the crops, and the run's classifier on them.
 
-Images are BGR uint8 as OpenCV reads them; what goes to streamlit is RGB. onnxruntime only, no torch.
+Images are BGR uint8 as OpenCV reads them; what goes to streamlit is RGB. The classifier is the line's own reader
+(``industrial_qc.pipeline.OnnxClassifier``: crop geometry, normalisation, labels and temperature from the ONNX
+metadata). onnxruntime only, no torch.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import cv2
 import numpy as np
 
 from common.errors import InputError
-from common.inference import OnnxModel
+from industrial_qc.crops import extract_square
+from industrial_qc.images import decode_image
+from industrial_qc.pipeline import OnnxClassifier
 
 # Distinct colours (BGR), one per class in the order of the run's labels.
 PALETTE = [(40, 39, 214), (180, 119, 31), (44, 160, 44), (14, 127, 255), (189, 103, 148), (75, 86, 140),
@@ -34,8 +38,6 @@ def read_image(path: Path) -> np.ndarray:
     """BGR uint8 (H, W, 3); InputError naming the file when it is missing or cannot be decoded."""
     if not path.is_file():
         raise InputError(f"{path}: image not found")
-    from industrial_qc.data import decode_image  # cv2 + numpy: the line's decoding (16-bit and float stretched)
-
     data = np.fromfile(str(path), np.uint8)
     img = decode_image(data) if data.size else None
     if img is None:
@@ -67,53 +69,12 @@ def draw_defects(img: np.ndarray, defects: list[dict], names: list[str], selecte
 def simple_crop(img: np.ndarray, box: list[float], context: float = 0.5, size: int = 128) -> np.ndarray:
     """Square crop around ``box`` with ``context`` padding each side (reflect at the border), BGR (size, size, 3),
     resampled as stage 2's crops are (area-averaged when it shrinks: a hairline scratch stays whole)."""
-    from industrial_qc.crops import extract_square  # cv2 + numpy only
-
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1, 4.0) * (1 + 2 * context)
     return extract_square(img, (x1 + x2) / 2, (y1 + y2) / 2, side, size)
 
 
-class ClassifierView:
-    """The run's line classifier applied to a part's boxes: the same crops stage 2 saw, all class probabilities.
-
-    Crop geometry (``crop_size``, ``context``, ``min_crop``), normalisation (``normalize``: per_crop or
-    imagenet) and temperature come from the ONNX metadata, as in ``industrial_qc.pipeline.OnnxClassifier``.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.model = OnnxModel(path, threads=1)
-        md = self.model.metadata
-        self.labels = list(md.get("labels") or [])
-        if not self.labels:
-            raise InputError(f"{path}: no labels in the model metadata")
-        self.crop_size = int(md.get("crop_size", 64))
-        self.context = float(md.get("context", 0.5))
-        self.min_crop = float(md.get("min_crop", 0.0))
-        self.mean = tuple(md.get("mean", (0.485, 0.456, 0.406)))
-        self.std = tuple(md.get("std", (0.229, 0.224, 0.225)))
-        self.temperature = float(md.get("temperature", 1.0))
-        self.normalize = str(md.get("normalize", "imagenet"))
-
-    def crops(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        from industrial_qc.crops import crops_for_boxes  # cv2 + numpy only
-
-        return crops_for_boxes(img, boxes, self.crop_size, self.context, self.min_crop)
-
-    def probs(self, crops_bgr: np.ndarray) -> np.ndarray:
-        """(K, S, S, 3) uint8 BGR -> (K, C) calibrated probabilities."""
-        from industrial_qc.crops import to_tensor_batch
-
-        if len(crops_bgr) == 0:
-            return np.zeros((0, len(self.labels)))
-        x = to_tensor_batch(crops_bgr, self.mean, self.std, self.normalize)
-        z = self.model.run(x).astype(np.float64) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-
-
-def part_crops(img: np.ndarray, defects: list[dict], clf: ClassifierView | None
+def part_crops(img: np.ndarray, defects: list[dict], clf: OnnxClassifier | None
                ) -> tuple[list[np.ndarray], np.ndarray | None]:
     """RGB crops of the defects and, with a classifier, their (K, C) probabilities."""
     if not defects:

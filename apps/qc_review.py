@@ -19,7 +19,7 @@ import streamlit as st
 
 from apps import qc_data
 from apps.login import audit_login, require_login
-from apps.qc_draw import ClassifierView, class_colour, draw_defects, hex_colour, part_crops, read_image
+from apps.qc_draw import class_colour, draw_defects, hex_colour, part_crops, read_image
 from apps.roots import Roots
 from apps.safe_export import ExportRefused
 from apps.ui import (
@@ -40,6 +40,8 @@ from apps.ui import (
 )
 from common.errors import InputError
 from common.store import Store
+from industrial_qc.pipeline import OnnxClassifier, line_classifier_path
+from industrial_qc.verdict import VERDICTS
 
 APP = "qc"
 AUTO = "auto (from defects)"
@@ -51,23 +53,22 @@ def _load_parts(path: str, stamp: float) -> list[dict]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _classifier(path: str, stamp: float) -> ClassifierView:
-    return ClassifierView(Path(path))
+def _classifier(path: str, stamp: float) -> OnnxClassifier:
+    return OnnxClassifier(Path(path), threads=1)  # the line's reader; one thread: a page shares the machine
 
 
-def load_models(run_dir: Path | None, run: dict | None = None) -> tuple[ClassifierView | None, str | None]:
+def load_models(run_dir: Path | None, run: dict | None = None) -> tuple[OnnxClassifier | None, str | None]:
     """The classifier the line ran (run.json ``artifacts.line_classifier``, else ``classifier.onnx``) for the crop
     view, or why it is not available (the app works without it)."""
     if run_dir is None or not run_dir.is_dir():
         return None, None  # already reported with the run
-    # the rule of industrial_qc.pipeline.line_classifier_path, not imported: that module pulls in sklearn
-    line_classifier = ((run or {}).get("artifacts") or {}).get("line_classifier") or "classifier.onnx"
-    missing = [n for n in ("detector.onnx", line_classifier) if not (run_dir / n).is_file()]
+    models = [run_dir / "detector.onnx", line_classifier_path(run_dir, run or {})]
+    missing = [m.name for m in models if not m.is_file()]
     if missing:
         return None, (f"{run_dir}: run has no {' or '.join(missing)}; showing the probabilities stored in the "
                       "results (crop re-classification is off)")
     try:
-        path = Roots.from_launch(run_dir, None).readable(run_dir / line_classifier)  # run.json names a file in it
+        path = Roots.from_launch(run_dir, None).readable(models[1])  # run.json names a file in it
         return _classifier(str(path), mtime(path)), None
     except InputError as exc:
         return None, f"{exc}; showing the probabilities stored in the results"
@@ -86,7 +87,7 @@ def class_names(run: dict | None, parts: list[dict]) -> list[str]:
 def sidebar_filters(df: pd.DataFrame, names: list[str]) -> qc_data.Filters:
     sb = st.sidebar
     sb.header("Filters")
-    present = [v for v in (*qc_data.VERDICTS, "ERROR") if v in set(df["verdict"])]
+    present = [v for v in (*VERDICTS, "ERROR") if v in set(df["verdict"])]
     verdicts = sb.multiselect("Verdict", present, default=present, key="qc_f_verdict")
     classes = sb.multiselect("Defect class (any of)", names, key="qc_f_class", placeholder="all classes")
     lo, hi = sb.slider("Top defect probability", 0.0, 1.0, (0.0, 1.0), step=0.01, key="qc_f_prob")

@@ -3,12 +3,36 @@ print a table. Heavy imports (torch, ultralytics, onnxruntime) happen inside the
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
 
 app = typer.Typer(help="Industrial defect inspection: synth, train, eval, inspect.", no_args_is_help=True,
                   rich_markup_mode="rich", pretty_exceptions_enable=False)
+
+
+class ImageFormat(StrEnum):
+    """``synth --format``: how the synthetic parts are written."""
+
+    jpg = "jpg"
+    png = "png"
+
+
+class Split(StrEnum):
+    """``eval --split``: the dataset split to evaluate on."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class SortMode(StrEnum):
+    """``inspect --sort``: what happens to a judged part's file (``industrial_qc.hotfolder.sort_file``)."""
+
+    none = "none"
+    copy = "copy"
+    move = "move"
 
 
 def _console():
@@ -33,7 +57,7 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Same seed, same dataset."),
     val_frac: float = typer.Option(1 / 7, "--val-frac", help="Share of images in val."),
     test_frac: float = typer.Option(2 / 7, "--test-frac", help="Share of images in test (0 = no test split)."),
-    image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
+    image_format: ImageFormat = typer.Option(ImageFormat.jpg, "--format", help="Image file format."),
     axis_scratches: float = typer.Option(0.3, "--axis-scratches", min=0.0, max=1.0,
                                          help="Share of scratches along an image axis (machining marks)."),
 ) -> None:
@@ -43,11 +67,9 @@ def synth(
     from common.errors import InputError
     from industrial_qc.synth import SynthConfig, synthesize_shown
 
-    if image_format not in ("jpg", "png"):
-        raise InputError(f"--format {image_format!r}: expected jpg or png")
     console = _console()
     cfg = SynthConfig(images=images, size=size, seed=seed, val_frac=val_frac, test_frac=test_frac,
-                      image_format=image_format, axis_scratches=axis_scratches)  # type: ignore[arg-type]
+                      image_format=image_format.value, axis_scratches=axis_scratches)  # type: ignore[arg-type]
     try:
         from industrial_qc.synth import split_counts
 
@@ -116,7 +138,7 @@ def train(
 def eval_cmd(
     run: Path = typer.Argument(..., help="Run directory written by `vsuite qc train`."),
     data_yaml: Path = typer.Argument(..., help="data.yaml of the dataset to evaluate on."),
-    split: str = typer.Option("test", "--split", help="train, val or test."),
+    split: Split = typer.Option(Split.test, "--split", help="Dataset split."),
     no_map: bool = typer.Option(False, "--no-map", help="Skip the detector mAP (Ultralytics validation)."),
 ) -> None:
     """Detector mAP, classifier accuracy on ground-truth crops, pipeline precision/recall, escape and
@@ -126,7 +148,7 @@ def eval_cmd(
     from industrial_qc.evaluate import evaluate_run
 
     console = _console()
-    m = evaluate_run(run, data_yaml, split, console=console, detector_map=not no_map)
+    m = evaluate_run(run, data_yaml, split.value, console=console, detector_map=not no_map)
     det = m.get("detector", {})
     parts = m["pipeline"]["parts"]
     cls = m["classifier"]
@@ -171,7 +193,8 @@ def inspect(
     watch: bool = typer.Option(False, "--watch", help="Keep polling the folder/glob for new files."),
     out: Path = typer.Option(Path("inspect_out"), "--out", help="Output folder: results.jsonl, ledger.txt."),
     annotate: bool = typer.Option(False, "--annotate", help="Save annotated images of FAIL/REVIEW parts."),
-    sort: str = typer.Option("none", "--sort", help="none, copy or move files into OUT/{pass,fail,review,error}."),
+    sort: SortMode = typer.Option(SortMode.none, "--sort",
+                                  help="Copy or move files into OUT/{pass,fail,review,error} (none: leave them)."),
     poll: float = typer.Option(0.5, "--poll", min=0.01, help="Seconds between folder scans with --watch."),
     max_parts: int = typer.Option(None, "--max-parts", min=1, help="Stop after this many parts."),
     idle_exit: float = typer.Option(None, "--idle-exit", help="With --watch: stop after N s without new parts."),
@@ -189,12 +212,9 @@ def inspect(
 ) -> None:
     """Line inspection: one fsync'd JSON line per part, exactly once across restarts; Ctrl-C stops cleanly.
     One line per output folder; files still being written (.part/.tmp names, or changing) wait until complete."""
-    from common.errors import InputError
     from industrial_qc.line import InspectOptions, run_line
 
-    if sort not in ("none", "copy", "move"):
-        raise InputError(f"--sort {sort!r}: expected none, copy or move")
-    opts = InspectOptions(watch=watch, poll_interval=poll, annotate=annotate, sort=sort,  # type: ignore[arg-type]
+    opts = InspectOptions(watch=watch, poll_interval=poll, annotate=annotate, sort=sort.value,  # type: ignore[arg-type]
                           max_parts=max_parts, idle_exit=idle_exit, threads=threads, settle=settle_seconds,
                           error_grace=error_grace, follow_links=follow_links, max_pixels=max_pixels)
     console = _console()

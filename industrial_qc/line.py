@@ -43,6 +43,7 @@ from industrial_qc.hotfolder import (
 )
 from industrial_qc.images import ImageLimits, check_image, read_image
 from industrial_qc.pipeline import Pipeline, draw_annotations, part_record
+from industrial_qc.verdict import VERDICTS
 
 
 @dataclass
@@ -84,7 +85,7 @@ class LineStats:
             "parts_per_s": self.parts / elapsed,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
-            "counts": {k: int(self.counts.get(k, 0)) for k in ("PASS", "FAIL", "REVIEW", "ERROR")},
+            "counts": {k: int(self.counts.get(k, 0)) for k in (*VERDICTS, "ERROR")},
         }
 
     def line(self) -> str:
@@ -241,8 +242,6 @@ def _finish_sorting(rec: dict | None, out_dir: Path, opts: InspectOptions) -> No
 def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, console=None) -> dict:
     """Inspect ``source`` into ``out_dir`` (results.jsonl, ledger.txt, optional annotated/ and sorted folders)."""
     from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
 
     console = console or Console()
     out_dir = Path(out_dir)
@@ -254,14 +253,40 @@ def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, co
         share_thread_pool(opts.threads)  # detector and classifier alternate on one pool: less latency per part
         pipe = Pipeline.from_run(run_dir, threads=opts.threads)
         limits = pipe.limits if opts.max_pixels is None else ImageLimits(opts.max_pixels, pipe.limits.min_side)
-        return _line_loop(pipe, limits, source, kind, out_dir, opts, console, Live, Text)
+        return _line_loop(pipe, limits, source, kind, out_dir, opts, console)
 
 
 def _line_loop(pipe: Pipeline, limits: ImageLimits, source: str, kind: SourceKind, out_dir: Path,
-               opts: InspectOptions, console, Live, Text) -> dict:
+               opts: InspectOptions, console) -> dict:
+    """Recover the ledger, then record parts until the source is done, a signal comes or ``max_parts`` is hit."""
     results_path = out_dir / "results.jsonl"
     stats = LineStats()
     ledger = Ledger(out_dir / "ledger.txt")
+    _resume(results_path, ledger, out_dir, opts, console)
+    scanner = None if kind in ("video", "camera") else Scanner(
+        source, kind, out_dir, settle=opts.settle, error_grace=opts.error_grace, follow_links=opts.follow_links)
+    status = _Status(console, opts.status_every)
+    with StopFlag() as stop, JsonlWriter(results_path) as writer, status:
+        try:
+            for part in iter_parts(source, ledger, opts, stop, out_dir, scanner, console):
+                record = _record_part(pipe, limits, part, scanner, writer, ledger, out_dir, opts, console)
+                if record is None:
+                    continue  # did not decode while it may still be arriving: tried again later
+                ok = record["status"] == "ok"
+                stats.add(record["verdict"] if ok else "ERROR", record.get("latency_ms") if ok else None)
+                status.show(stats)
+                if opts.max_parts is not None and stats.parts >= opts.max_parts:
+                    break
+        finally:
+            ledger.close()
+    summary = stats.summary()
+    summary.update(results=str(results_path), ledger=str(ledger.path), stopped_by=stop.signal, run_id=pipe.run_id)
+    console.print(stats.line() + (f"  (stopped by {stop.signal})" if stop.signal else ""))
+    return summary
+
+
+def _resume(results_path: Path, ledger: Ledger, out_dir: Path, opts: InspectOptions, console) -> None:
+    """After a kill: restore the ledger lines the records have, and finish the newest part's cut-short move."""
     recovered, newest = recover_ledger(results_path, ledger)
     if recovered:
         console.print(f"ledger: recovered {recovered} entries from {results_path.name}")
@@ -270,47 +295,55 @@ def _line_loop(pipe: Pipeline, limits: ImageLimits, source: str, kind: SourceKin
     except Exception as exc:  # never a reason not to start: the file stays where it is
         console.print(f"[yellow]warning:[/] could not sort the last recorded part: {type(exc).__name__}: "
                       f"{display_text(exc)}", highlight=False)
-    scanner = None if kind in ("video", "camera") else Scanner(
-        source, kind, out_dir, settle=opts.settle, error_grace=opts.error_grace, follow_links=opts.follow_links)
-    live = Live(Text("waiting for parts..."), console=console, refresh_per_second=4, transient=False) \
-        if console.is_terminal else None
-    last_print = time.monotonic()
-    with StopFlag() as stop, JsonlWriter(results_path) as writer:
-        if live is not None:
-            live.start()
-        try:
-            for part in iter_parts(source, ledger, opts, stop, out_dir, scanner, console):
-                record, img = inspect_part(pipe, part, limits)
-                if record.pop("retryable", False) and opts.watch and scanner is not None \
-                        and scanner.defer(part, record["reason"]):
-                    continue  # did not decode while it may still be arriving: tried again later
-                if scanner is not None:
-                    scanner.taken(part)
-                if opts.sort != "none" and part.path is not None:
-                    record["sort"] = opts.sort  # a restart finishes a move a kill cut short (_finish_sorting)
-                writer.write(record)
-                ledger.add(part.key)
-                try:
-                    _after(record, img, part, out_dir, opts)
-                except Exception as exc:  # recorded already: a full disk or a permission must not stop the line
-                    console.print(f"[yellow]warning:[/] {display_text(part.source)}: recorded, but "
-                                  f"annotating/sorting failed: {type(exc).__name__}: {display_text(exc)}",
-                                  highlight=False)
-                ok = record["status"] == "ok"
-                stats.add(record["verdict"] if ok else "ERROR", record.get("latency_ms") if ok else None)
-                if live is not None:
-                    live.update(Text(stats.line()))
-                elif time.monotonic() - last_print >= opts.status_every:
-                    console.print(stats.line())
-                    last_print = time.monotonic()
-                if opts.max_parts is not None and stats.parts >= opts.max_parts:
-                    break
-        finally:
-            if live is not None:
-                live.stop()
-            ledger.close()
-    summary = stats.summary()
-    summary.update(results=str(results_path), ledger=str(ledger.path), stopped_by=stop.signal, run_id=pipe.run_id)
-    console.print(stats.line() + (f"  (stopped by {stop.signal})" if stop.signal else ""))
-    return summary
 
+
+def _record_part(pipe: Pipeline, limits: ImageLimits, part: Part, scanner: Scanner | None, writer: JsonlWriter,
+                 ledger: Ledger, out_dir: Path, opts: InspectOptions, console) -> dict | None:
+    """Inspect one part, write its record, then its ledger line, then annotate/sort it; None when it is held back
+    (``Scanner.defer``: no record now)."""
+    record, img = inspect_part(pipe, part, limits)
+    if record.pop("retryable", False) and opts.watch and scanner is not None \
+            and scanner.defer(part, record["reason"]):
+        return None
+    if scanner is not None:
+        scanner.taken(part)
+    if opts.sort != "none" and part.path is not None:
+        record["sort"] = opts.sort  # a restart finishes a move a kill cut short (_finish_sorting)
+    writer.write(record)
+    ledger.add(part.key)
+    try:
+        _after(record, img, part, out_dir, opts)
+    except Exception as exc:  # recorded already: a full disk or a permission must not stop the line
+        console.print(f"[yellow]warning:[/] {display_text(part.source)}: recorded, but "
+                      f"annotating/sorting failed: {type(exc).__name__}: {display_text(exc)}",
+                      highlight=False)
+    return record
+
+
+class _Status:
+    """The running status line: live on a terminal, else printed every ``every`` seconds."""
+
+    def __init__(self, console, every: float) -> None:
+        from rich.live import Live
+        from rich.text import Text
+
+        self.console, self.every, self._text = console, every, Text
+        self.live = Live(Text("waiting for parts..."), console=console, refresh_per_second=4, transient=False) \
+            if console.is_terminal else None
+        self.last_print = time.monotonic()
+
+    def show(self, stats: LineStats) -> None:
+        if self.live is not None:
+            self.live.update(self._text(stats.line()))
+        elif time.monotonic() - self.last_print >= self.every:
+            self.console.print(stats.line())
+            self.last_print = time.monotonic()
+
+    def __enter__(self) -> _Status:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()

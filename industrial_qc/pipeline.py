@@ -15,14 +15,20 @@ import cv2
 import numpy as np
 
 from common.errors import InputError
-from common.inference import OnnxModel
-from common.metrics import softmax
+from common.inference import OnnxModel, softmax
 from common.results import error_record, now_iso
 from common.rundir import read_run_json, verify_model_file
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_KINDS, crops_for_boxes, to_tensor_batch
 from industrial_qc.flatfield import fit_to, flatfield
 from industrial_qc.images import ImageLimits
-from industrial_qc.verdict import SCORE_KINDS, candidate_scores, check_thresholds, part_verdict
+from industrial_qc.verdict import (
+    SCORE_KINDS,
+    ScoreKind,
+    candidate_scores,
+    check_thresholds,
+    part_verdict,
+    score_kind,
+)
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 LINE_CLASSIFIER_INT8 = "classifier.int8.onnx"
@@ -230,9 +236,9 @@ def defect_class_probs(probs: np.ndarray, det: Detections, det_index: np.ndarray
     (background left out) times the detector's class scores, each normalised to sum to 1 (a product of experts).
 
     The two stages confuse the same pair of classes for different reasons: the classifier sees a padded crop
-    resampled to its input, the detector the whole part at native scale. Held-out GT defects behind four
-    benchmark runs: named right 0.877-0.905 by the classifier, 0.899-0.920 by the detector, 0.903-0.929 by
-    both. Without the detector's class scores (``det_index`` None, or detections without them): the classifier's."""
+    resampled to its input, the detector the whole part at native scale, so together they name defects more
+    often right than either alone. Without the detector's class scores (``det_index`` None, or detections without
+    them): the classifier's."""
     p = probs[:, 1:].astype(np.float64)
     p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
     if det_index is None or det.class_scores is None or len(det.class_scores) != len(p):
@@ -242,14 +248,28 @@ def defect_class_probs(probs: np.ndarray, det: Detections, det_index: np.ndarray
     return f / np.maximum(f.sum(axis=1, keepdims=True), 1e-300)
 
 
+def model_thresholds(classifier: OnnxClassifier, run_dir: Path) -> tuple[float, float, ScoreKind]:
+    """(fail, review, score) from the classifier's ONNX metadata ``thresholds``: their one home. A model without
+    them, or with thresholds that cannot judge, is an InputError naming the file."""
+    name = classifier.model.path.name
+    th = classifier.model.metadata.get("thresholds") or {}
+    if not isinstance(th, dict) or "fail" not in th or "review" not in th:
+        raise InputError(f"{run_dir}: no verdict thresholds in the metadata of {name}")
+    fail, review = check_thresholds(th["fail"], th["review"], f"{run_dir}: verdict thresholds of {name}")
+    score = th.get("score", "classifier")
+    if score not in SCORE_KINDS:
+        raise InputError(f"{run_dir}: unknown verdict score {score!r} in the thresholds of {name} (expected one of "
+                         f"{', '.join(SCORE_KINDS)})")
+    return fail, review, score
+
+
 class Pipeline:
     """The whole line model of a run: ``inspect(image)`` -> result dict with verdict and defects."""
 
     def __init__(self, detector: OnnxDetector, classifier: OnnxClassifier, fail_threshold: float,
-                 review_threshold: float, run_id: str = "", score: str = "classifier",
+                 review_threshold: float, run_id: str = "", score: ScoreKind = "classifier",
                  limits: ImageLimits | None = None) -> None:
-        if score not in SCORE_KINDS:
-            raise InputError(f"unknown verdict score {score!r} (expected one of {', '.join(SCORE_KINDS)})")
+        score = score_kind(score)
         self.fail_threshold, self.review_threshold = check_thresholds(fail_threshold, review_threshold,
                                                                       "verdict thresholds")
         self.limits = limits or ImageLimits()  # what read_image accepts as a part (config ``input``)
@@ -261,8 +281,9 @@ class Pipeline:
 
     @classmethod
     def from_run(cls, run_dir: Path | str, threads: int | None = None, run: dict | None = None) -> Pipeline:
-        """Load ``detector.onnx``, the line classifier (``line_classifier_path``) and the thresholds (ONNX
-        metadata, else run.json; a run without a recorded ``score`` set them on the classifier's probability)."""
+        """Load ``detector.onnx``, the line classifier (``line_classifier_path``) and the verdict thresholds from
+        the line classifier's ONNX metadata (a run without a recorded ``score`` set them on the classifier's
+        probability)."""
         run_dir = Path(run_dir)
         run = run or read_run_json(run_dir)
         if run.get("vertical") != "industrial_qc":
@@ -271,15 +292,7 @@ class Pipeline:
             verify_model_file(run, run_dir / name)
         detector = OnnxDetector(run_dir / "detector.onnx", threads)
         classifier = OnnxClassifier(line_classifier_path(run_dir, run), threads)
-        th = classifier.model.metadata.get("thresholds") or run.get("thresholds") or {}
-        where = f"{run_dir}: verdict thresholds of {classifier.model.path.name} / run.json"
-        if not isinstance(th, dict) or "fail" not in th or "review" not in th:
-            raise InputError(f"{run_dir}: no verdict thresholds in {classifier.model.path.name} or run.json")
-        fail, review = check_thresholds(th["fail"], th["review"], where)
-        score = th.get("score", "classifier")
-        if score not in SCORE_KINDS:
-            raise InputError(f"{run_dir}: unknown verdict score {score!r} in the thresholds of "
-                             f"{classifier.model.path.name} / run.json (expected one of {', '.join(SCORE_KINDS)})")
+        fail, review, score = model_thresholds(classifier, run_dir)
         return cls(detector, classifier, fail, review, run["run_id"], score,
                    ImageLimits.from_config((run.get("config") or {}).get("input")))
 
@@ -304,31 +317,13 @@ class Pipeline:
         return self.result(det, probs, timing)
 
     def result(self, det: Detections, probs: np.ndarray, timing: dict | None = None) -> dict:
+        """The part's verdict, scores and reported defects from its detections and class probabilities (K, C)."""
         defect_p = 1.0 - probs[:, 0]  # probs is (K, C), K = 0 without candidates
         score = self.defect_scores(det, probs)
         verdict = part_verdict(score, self.fail_threshold, self.review_threshold)
-        labels = self.classifier.labels
-        det_names = self.detector.labels
         named = defect_class_probs(probs, det, self.class_index)
-        defects = []
-        for i in np.argsort(-score):
-            if score[i] < self.review_threshold:
-                continue  # a candidate the two stages rejected: not a defect of this part
-            k = int(np.argmax(probs[i, 1:]) + 1)
-            c = int(det.classes[i])
-            n = int(np.argmax(named[i]))
-            defects.append({
-                "class": labels[n + 1],  # what the part is reported with: both stages (defect_class_probs)
-                "class_prob": round(float(named[i, n]), 4),
-                "box": [round(float(v), 1) for v in det.boxes[i]],
-                "det_class": det_names[c] if c < len(det_names) else str(c),
-                "det_conf": round(float(det.scores[i]), 4),
-                "cls_class": labels[k],
-                "cls_prob": round(float(probs[i, k]), 4),
-                "defect_prob": round(float(defect_p[i]), 4),  # the classifier's 1 - P(background)
-                "defect_score": round(float(score[i]), 4),  # what the verdict reads (run.json thresholds.score)
-                "level": "fail" if score[i] >= self.fail_threshold else "review",
-            })
+        defects = [self._defect(i, det, probs, named, defect_p, score) for i in np.argsort(-score)
+                   if not score[i] < self.review_threshold]  # below: a candidate the two stages rejected
         bad = int(len(score) - np.isfinite(score).sum())
         return {
             "verdict": verdict,
@@ -338,6 +333,26 @@ class Pipeline:
             "n_candidates": len(det),
             **({"verdict_note": f"{bad} candidate(s) with a non-finite score: not passed"} if bad else {}),
             **({k: round(v, 2) for k, v in timing.items()} if timing else {}),
+        }
+
+    def _defect(self, i: int, det: Detections, probs: np.ndarray, named: np.ndarray, defect_p: np.ndarray,
+                score: np.ndarray) -> dict:
+        """The reported defect of candidate ``i``: its name from both stages, each stage's own view, its score."""
+        labels, det_names = self.classifier.labels, self.detector.labels
+        k = int(np.argmax(probs[i, 1:]) + 1)
+        c = int(det.classes[i])
+        n = int(np.argmax(named[i]))
+        return {
+            "class": labels[n + 1],  # what the part is reported with: both stages (defect_class_probs)
+            "class_prob": round(float(named[i, n]), 4),
+            "box": [round(float(v), 1) for v in det.boxes[i]],
+            "det_class": det_names[c] if c < len(det_names) else str(c),
+            "det_conf": round(float(det.scores[i]), 4),
+            "cls_class": labels[k],
+            "cls_prob": round(float(probs[i, k]), 4),
+            "defect_prob": round(float(defect_p[i]), 4),  # the classifier's 1 - P(background)
+            "defect_score": round(float(score[i]), 4),  # what the verdict reads (the classifier's thresholds.score)
+            "level": "fail" if score[i] >= self.fail_threshold else "review",
         }
 
 

@@ -11,28 +11,50 @@ the rule of runs made before the score was recorded). A candidate has to convinc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from common.errors import InputError
 
 Verdict = Literal["PASS", "FAIL", "REVIEW"]
-VERDICTS: tuple[Verdict, ...] = ("PASS", "FAIL", "REVIEW")
-SCORE_KINDS: tuple[str, ...] = ("both", "classifier")
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+ScoreKind = Literal["both", "classifier"]  # the config's ``verdict.score``
+SCORE_KINDS: tuple[ScoreKind, ...] = get_args(ScoreKind)
 
 
-def candidate_scores(cls_defect_p: np.ndarray, det_conf: np.ndarray, kind: str) -> np.ndarray:
+def _classifier_alone(p: np.ndarray, det_conf: np.ndarray) -> np.ndarray:
+    return p
+
+
+def _both_stages(p: np.ndarray, det_conf: np.ndarray) -> np.ndarray:
+    return np.sqrt(p * np.clip(np.asarray(det_conf, np.float64), 0.0, 1.0))
+
+
+# score kind -> (clipped classifier defect probability (K,), detector confidence (K,)) -> defect score (K,)
+SCORE_RULES: dict[ScoreKind, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "both": _both_stages,
+    "classifier": _classifier_alone,
+}
+
+
+def candidate_scores(cls_defect_p: np.ndarray, det_conf: np.ndarray, kind: ScoreKind) -> np.ndarray:
     """(K,) what the verdict compares with its thresholds, from each candidate's classifier defect probability
     and detector confidence: their geometric mean (``both``) or the classifier's probability (``classifier``)."""
     p = np.clip(np.asarray(cls_defect_p, np.float64), 0.0, 1.0)
-    if kind == "classifier":
-        return p
-    if kind == "both":
-        return np.sqrt(p * np.clip(np.asarray(det_conf, np.float64), 0.0, 1.0))
-    raise ValueError(f"unknown verdict score {kind!r} (expected one of {', '.join(SCORE_KINDS)})")
+    rule = SCORE_RULES.get(kind)
+    if rule is None:
+        raise ValueError(f"unknown verdict score {kind!r} (expected one of {', '.join(SCORE_KINDS)})")
+    return rule(p, det_conf)
+
+
+def score_kind(value: object) -> ScoreKind:
+    """``value`` as a ``ScoreKind``; else an InputError naming the known kinds."""
+    if value not in SCORE_KINDS:
+        raise InputError(f"unknown verdict score {value!r} (expected one of {', '.join(SCORE_KINDS)})")
+    return value  # type: ignore[return-value]
 
 
 def check_thresholds(fail, review, where: str) -> tuple[float, float]:
@@ -47,15 +69,16 @@ def check_thresholds(fail, review, where: str) -> tuple[float, float]:
     return float(fail), float(review)
 
 
-def part_verdict(defect_probs: Sequence[float] | np.ndarray, fail_threshold: float, review_threshold: float) -> Verdict:
-    """PASS / FAIL / REVIEW for one part from its candidates' defect scores (``candidate_scores``; the argument
-    keeps its old name) (empty = no detection = PASS).
+def part_verdict(defect_scores: Sequence[float] | np.ndarray, fail_threshold: float,
+                 review_threshold: float) -> Verdict:
+    """PASS / FAIL / REVIEW for one part from its candidates' defect scores (``candidate_scores``; empty = no
+    detection = PASS).
 
     Fail safe: a candidate whose score is not a finite number (a NaN from the model) cannot be judged, so the part
     is never PASSed on it (REVIEW, or FAIL if another candidate fails it); non-finite thresholds give REVIEW."""
     if review_threshold > fail_threshold:
         raise ValueError(f"review_threshold {review_threshold} > fail_threshold {fail_threshold}")
-    s = np.asarray(defect_probs, np.float64).reshape(-1)
+    s = np.asarray(defect_scores, np.float64).reshape(-1)
     ok = np.isfinite(s)
     top = float(s[ok].max()) if ok.any() else 0.0
     if not (np.isfinite(fail_threshold) and np.isfinite(review_threshold)):
@@ -79,8 +102,8 @@ class Thresholds:
     # the fail threshold's sample: good parts plus, when given, the defect-free regions of the defective ones
     fail_reference_parts: int = 0
     fail_reference_false_alarm: float = float("nan")  # share of that sample at or above ``fail``
-    score: str = "classifier"  # what the thresholds apply to (``candidate_scores``)
-    reference: str = "val"  # the parts both thresholds were read from: val | train+val
+    score: ScoreKind = "classifier"  # what the thresholds apply to (``candidate_scores``)
+    reference: Literal["train+val", "val"] = "val"  # the parts both thresholds were read from
     review_reference_parts: int = 0  # defective parts in the review threshold's sample
     reference_note: str | None = None  # why the train split was not used, when it was offered
     recall_confidence: float = 0.0  # confidence of the review threshold's recall bound (0: the point estimate)
@@ -183,67 +206,38 @@ def _read_thresholds(ref: PartSample, *, target_recall: float, max_false_reject:
 def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_recall: float,
                       max_false_reject: float, min_review: float, max_review: float, min_fail: float,
                       defect_free_scores: np.ndarray | None = None, train: PartSample | None = None,
-                      score: str = "classifier", recall_confidence: float = 0.0) -> Thresholds:
+                      score: ScoreKind = "classifier", recall_confidence: float = 0.0) -> Thresholds:
     """Thresholds from validation parts: ``part_scores`` (N,) = max defect score, ``defective`` (N,) bool.
 
     review: the highest threshold that keeps ``target_recall`` of the defective parts out of PASS, clamped to
     [min_review, max_review] (a crop more likely defective than not is never passed). With ``recall_confidence``
     c > 0 it is read with a margin: it may pass only as many defective parts as keep the one-sided c upper bound
-    of the miss rate within 1 - target_recall (``allowed_misses``). At 0.99 and c = 0.95 that takes 299 defective
-    parts with no miss; the benchmark's 75 val parts cannot show it, and the threshold stays at its floor. The
-    point estimate (c = 0) is the lowest of the 75 scores, an extreme order statistic: on one benchmark run it
-    came out at 0.074, and 1.47 % of 749 held-out defective parts passed (0.93 % at the floor).
+    of the miss rate within 1 - target_recall (``allowed_misses``); a sample too small to show that holds the
+    threshold at its floor. The point estimate (c = 0) is an extreme order statistic of the defective parts.
     fail: the lowest threshold >= max(review, min_fail) that fails at most ``max_false_reject`` of the good parts;
     parts between the two go to a person.
 
     ``defect_free_scores``: for each defective part, the max defect score of its crops away from every
     labelled defect (0 when there are none). A good part fails on exactly such a crop, so these join the good
-    parts' scores in the sample the fail threshold is read from. On a validation split with few good parts (25
-    of 100 in the benchmark) the good parts alone put the 1 % false-reject point at their maximum, which landed
-    at 0.98 in one benchmark run and 0.74 in the next (test false rejects 0.06 and 0.20).
+    parts' scores in the sample the fail threshold is read from: a split with few good parts cannot place a 1 %
+    false-reject point on them alone.
 
-    ``train``: the training split's parts, scored by the trained models. At a 0.99 recall target the review
-    threshold of 75 defective val parts is their minimum; with the train split's it is read from 5x the parts.
-    The train split is used only if the val parts agree with what it says: no more defective val parts below its
-    review threshold, and no more val clean-surface samples at or above its fail threshold, than the 95 % binomial
-    bound at the target rates allows. A model that has memorised its training parts scores them too high, and
-    then the val split alone decides (``reference_note`` says why). Measured on five benchmark runs, the check
-    does not see the small optimism that matters at 1 %: on one run the train split's 1 % quantile of defective
-    part scores was 0.097 against 0.061 on 1000 held-out parts, and held-out escape rose from 0.0067 to 0.0174.
-    So it is not the default (``verdict.reference: val``).
+    ``train``: the training split's parts, scored by the trained models, pooled with val only if the val parts
+    agree with what the pool says (``_agreeing_reference``). A model that has memorised its training parts scores
+    them too high, and then the val split alone decides (``reference_note`` says why). The check cannot see the
+    small optimism that matters at 1 %, so it is not the default (``verdict.reference: val``).
     """
     val = PartSample(part_scores, defective, defect_free_scores)
     kw = dict(target_recall=target_recall, max_false_reject=max_false_reject, min_review=min_review,
               max_review=max_review, min_fail=min_fail, recall_confidence=recall_confidence)
-    ref, note = val, None
-    if train is not None and len(train.scores):
-        pooled = val + train
-        fail, review, _, _ = _read_thresholds(pooled, **kw)
-        n_def, clean = int(val.defective.sum()), val.clean_surface()
-        misses = int((val.scores[val.defective] < review).sum())
-        miss_limit = binomial_upper(n_def, 1.0 - target_recall)
-        alarms = int((clean >= fail).sum())
-        alarm_limit = binomial_upper(len(clean), max_false_reject)
-        if misses <= miss_limit and alarms <= alarm_limit:
-            ref = pooled
-        else:
-            note = (f"train split not used: at its thresholds (review {review:.3f}, fail {fail:.3f}) {misses} of "
-                    f"{n_def} defective val parts pass (bound {miss_limit}) and {alarms} of {len(clean)} clean val "
-                    f"samples fail (bound {alarm_limit})")
+    ref, note = _agreeing_reference(val, train, kw)
     fail, review, misses_allowed, review_note = _read_thresholds(ref, **kw)
-    s, y = val.scores, val.defective
-    v = np.array([part_verdict([x], fail, review) for x in s])
-    good = ref.clean_surface()
     return Thresholds(
         fail=fail,
         review=review,
         target_recall=target_recall,
-        val_recall=float((v[y] != "PASS").mean()) if y.any() else float("nan"),
-        val_false_reject=float((v[~y] == "FAIL").mean()) if (~y).any() else float("nan"),
-        val_review_rate=float((v == "REVIEW").mean()) if len(v) else float("nan"),
-        val_parts=len(s),
-        fail_reference_parts=len(good),
-        fail_reference_false_alarm=float((good >= fail).mean()) if len(good) else float("nan"),
+        **_val_rates(val, fail, review),
+        **_fail_reference(ref, fail),
         score=score,
         reference="train+val" if ref is not val else "val",
         review_reference_parts=int(ref.defective.sum()),
@@ -252,6 +246,47 @@ def choose_thresholds(part_scores: np.ndarray, defective: np.ndarray, *, target_
         review_misses_allowed=misses_allowed,
         review_note=review_note,
     )
+
+
+def _agreeing_reference(val: PartSample, train: PartSample | None, kw: dict) -> tuple[PartSample, str | None]:
+    """val + train when val agrees with the pooled thresholds (no more defective val parts below its review
+    threshold, and no more val clean-surface samples at or above its fail threshold, than the 95 % binomial bound
+    at the target rates allows), else val with a note saying why the train split was not used."""
+    if train is None or not len(train.scores):
+        return val, None
+    pooled = val + train
+    fail, review, _, _ = _read_thresholds(pooled, **kw)
+    n_def, clean = int(val.defective.sum()), val.clean_surface()
+    misses = int((val.scores[val.defective] < review).sum())
+    miss_limit = binomial_upper(n_def, 1.0 - kw["target_recall"])
+    alarms = int((clean >= fail).sum())
+    alarm_limit = binomial_upper(len(clean), kw["max_false_reject"])
+    if misses <= miss_limit and alarms <= alarm_limit:
+        return pooled, None
+    return val, (f"train split not used: at its thresholds (review {review:.3f}, fail {fail:.3f}) {misses} of "
+                 f"{n_def} defective val parts pass (bound {miss_limit}) and {alarms} of {len(clean)} clean val "
+                 f"samples fail (bound {alarm_limit})")
+
+
+def _val_rates(val: PartSample, fail: float, review: float) -> dict:
+    """The val parts' recall, false-reject and review rates at the chosen thresholds (``Thresholds`` fields)."""
+    s, y = val.scores, val.defective
+    v = np.array([part_verdict([x], fail, review) for x in s])
+    return {
+        "val_recall": float((v[y] != "PASS").mean()) if y.any() else float("nan"),
+        "val_false_reject": float((v[~y] == "FAIL").mean()) if (~y).any() else float("nan"),
+        "val_review_rate": float((v == "REVIEW").mean()) if len(v) else float("nan"),
+        "val_parts": len(s),
+    }
+
+
+def _fail_reference(ref: PartSample, fail: float) -> dict:
+    """The fail threshold's sample size and its share at or above ``fail`` (``Thresholds`` fields)."""
+    good = ref.clean_surface()
+    return {
+        "fail_reference_parts": len(good),
+        "fail_reference_false_alarm": float((good >= fail).mean()) if len(good) else float("nan"),
+    }
 
 
 def part_rates(verdicts: Sequence[str], defective: Sequence[bool]) -> dict:

@@ -6,6 +6,7 @@ Everything is built with the real libraries (OpenCV, SimpleITK, onnx, our result
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -307,3 +308,47 @@ def served_on(address: str | None, secrets_files: list[str] | None = None):
 
 def no_exception(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+# ------------------------------------------------------------------------------------------------ review pages
+SAVE = "FormSubmitter:qc_form_{}-Save decision"
+EXPORT = "FormSubmitter:qc_export-Export YOLO dataset"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if "vsuite-tmp" in p.name or "vsuite-old" in p.name]
+
+
+def training_set(folder: Path, images: int = 160, labels: int = 119) -> dict[str, str]:
+    """A YOLO training set somebody else made (data.yaml included, as the old export took for its own)."""
+    for i in range(images):
+        (folder / "images" / "train").mkdir(parents=True, exist_ok=True)
+        (folder / "images" / "train" / f"img_{i:03d}.png").write_bytes(b"png %d" % i)
+    for i in range(labels):
+        (folder / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        (folder / "labels" / "train" / f"img_{i:03d}.txt").write_text(f"0 0.5 0.5 0.1 0.{i % 9 + 1}\n")
+    (folder / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: {0: scratch}\n")
+    return snapshot(folder)
+
+
+def qc_page(case: dict, app_argv, export_root: Path, reviewer: str | None = "ann", save: tuple[int, ...] = (1, 2)):
+    app_argv(case["run_dir"], "--results", case["results"], "--data-root", case["images"], "--export-root", export_root)
+    at = app_test("qc_review.py")
+    if reviewer:
+        at.sidebar.text_input(key="qc_reviewer").set_value(reviewer)
+    for i in save:
+        at.selectbox(key="qc_part").set_value(str(case["images"] / f"part_{i:02d}.png")).run()
+        at.button(key=SAVE.format(i)).click().run()
+    return at
+
+
+def export(at, name: str, replace: bool = False):
+    at.text_input(key="qc_export_dir").set_value(name)
+    at.checkbox(key="qc_export_replace").set_value(replace)
+    return at.button(key=EXPORT).click().run()
