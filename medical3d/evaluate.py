@@ -37,10 +37,10 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, MedicalConfig, Decis
     if run.get("vertical") != "medical3d":
         raise InputError(f"{run_dir}/run.json: vertical is {run.get('vertical')!r}, not medical3d")
     cfg = config_section(MedicalConfig, DEFAULT_CONFIG, "", **run["config"])
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
     model_path = Path(run_dir) / "model.onnx"
     verify_model_file(run, model_path)
     rule = DecisionRule.from_metadata(OnnxModel(model_path).metadata, source=f"{model_path} metadata")
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
     model = build_model(cfg.model, len(rule.labels))
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg, rule, run

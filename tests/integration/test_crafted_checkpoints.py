@@ -53,10 +53,9 @@ def test_no_checkpoint_or_weights_file_runs_code(tmp_path):
 def test_med_eval_refuses_a_crafted_checkpoint_without_running_it(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    decision = {"labels": ["lesion", "normal"], "positive_label": "lesion", "threshold": 0.5, "review_band": 0.1,
-                "temperature": 1.0}
-    (run_dir / "run.json").write_text(json.dumps({"run_id": "x", "vertical": "medical3d", "labels": decision["labels"],
-                                                  "config": {}, "decision": decision}))
+    run = {"run_id": "x", "vertical": "medical3d", "labels": ["lesion", "normal"], "positive_label": "lesion",
+           "config": {}}
+    (run_dir / "run.json").write_text(json.dumps(run))
     marker = tmp_path / "pwned"
     _crafted(run_dir / "checkpoints" / "best.pt", marker)
     manifest = tmp_path / "manifest.csv"
