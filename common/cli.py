@@ -6,6 +6,8 @@ plug-ins found through entry points declared in pyproject.toml:
     vsuite.groups   name -> typer.Typer         (vsuite qc ..., vsuite med ..., vsuite app ...)
     vsuite.scorers  vertical -> score(run_dir, inputs, out, *, console, run) -> list[dict]
     vsuite.demos    vertical -> run_demo(workdir, *, console, minutes) -> dict
+
+``vsuite weights`` (common.weights) fills and lists the local caches of pretrained weights.
 """
 
 import sys
@@ -156,6 +158,39 @@ def demo(
             roots = "".join(f" --data-root {r}" for r in result.get("data_roots") or [])  # images outside results
             console.print(f"vsuite app {app_cmd[vertical]} {result['run_dir']} --results {result['results']}{roots}",
                           soft_wrap=True, highlight=False)
+
+
+weights_app = typer.Typer(help="Pretrained weights in the local caches: list them, pull them on a connected machine.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("pull", epilog="Example: vsuite weights pull resnet18 yolov5nu.pt")
+def weights_pull(
+    names: list[str] = typer.Argument(..., help="resnet18, resnet34, resnet50 (ImageNet) or an Ultralytics .pt."),
+    mirror: str = typer.Option(None, "--mirror", help="Base URL (http or file://) serving the same file names."),
+) -> None:
+    """Download weights into the caches the runs read (TORCH_HOME, Ultralytics' weights dir), checked first."""
+    from common.weights import pull
+
+    for name in names:
+        entry, what = pull(name, mirror)
+        console.print(f"{escape(name)}: {escape(what)} -> [bold]{escape(str(entry.path))}[/] ({entry.check}: ok)",
+                      soft_wrap=True, highlight=False)
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Which pretrained weights are cached, and where each one is expected."""
+    from common.weights import cache_listing
+
+    table = Table(title="pretrained weights (local caches only)")
+    for col in ("name", "source", "cached", "path"):
+        table.add_column(col, overflow="fold")
+    for row in cache_listing():
+        cached = f"yes ({row['mb']} MB)" if row["cached"] else f"no: vsuite weights pull {row['name']}"
+        table.add_row(row["name"], row["source"], cached, escape(row["path"]))
+    console.print(table)
 
 
 def main() -> None:

@@ -33,34 +33,50 @@ from industrial_qc.cropset import CropSet
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
     "resnet50": torchvision.models.resnet50,
 }
 
 
 def build_classifier(arch: str, n_classes: int, stem: str = "standard", weights: str | Path | None = None) -> nn.Module:
-    """ResNet with ``n_classes`` outputs, built with ``weights=None``; ``weights`` = a local state_dict or our
-    checkpoint (matching tensors are loaded, a differently sized head is skipped). ``stem="no_maxpool"``
-    drops the stem max-pool: 2x finer features for small crops, at ~4x the compute."""
+    """ResNet with ``n_classes`` outputs, built with ``weights=None``; ``weights`` = ``imagenet`` (torchvision's
+    file from the local cache, common.weights), a local state_dict or our checkpoint (matching tensors are
+    loaded, a differently sized head is skipped). ``stem="no_maxpool"`` drops the stem max-pool: 2x finer
+    features for small crops, at ~4x the compute."""
     if arch not in NETWORKS:
         raise InputError(f"classifier.arch {arch!r}: expected one of {', '.join(NETWORKS)}")
     net = NETWORKS[arch](weights=None, num_classes=n_classes)
     if stem == "no_maxpool":
         net.maxpool = nn.Identity()
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise InputError(f"classifier.weights {path}: file not found (weights are never downloaded)")
-        try:  # tensors and plain containers only: a weights file never runs code
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"classifier.weights {path}: not a loadable state_dict ({exc})") from None
-        state = state.get("model", state) if isinstance(state, dict) else state
-        own = net.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if not usable:
-            raise InputError(f"{path}: no tensor matches a {arch} (is it a {arch} state_dict?)")
-        net.load_state_dict(usable, strict=False)
+        load_matching_tensors(net, arch, weights_file(arch, weights))
     return net
+
+
+def weights_file(arch: str, weights: str | Path) -> Path:
+    """The local file ``weights`` names: ``imagenet`` resolves in torchvision's cache, anything else is a path."""
+    if str(weights) == "imagenet":
+        from common.weights import imagenet_weights
+
+        return imagenet_weights(arch)
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"classifier.weights {path}: file not found (weights are never downloaded)")
+    return path
+
+
+def load_matching_tensors(net: nn.Module, arch: str, path: Path) -> None:
+    """Load the tensors of ``path`` whose name and shape ``net`` has (a new head keeps its fresh init)."""
+    try:  # tensors and plain containers only: a weights file never runs code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"classifier.weights {path}: not a loadable state_dict ({exc})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise InputError(f"{path}: no tensor matches a {arch} (is it a {arch} state_dict?)")
+    net.load_state_dict(usable, strict=False)
 
 
 def augmentation(cfg: AugmentConfig, crop_size: int, seed: int) -> A.Compose:

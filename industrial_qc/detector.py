@@ -2,8 +2,8 @@
 
 Ultralytics owns the training loop, augmentation, mAP and the export; this module chooses the arguments
 (tuned for recall on small, faint defects), keeps everything offline (no weights, fonts or AMP-check
-downloads: models come from yaml or a local .pt, ``amp=False`` on CPU, ``plots=False``) and writes our
-self-describing metadata into the exported file.
+downloads: models come from yaml, a local .pt or one cached in Ultralytics' weights dir, ``amp=False`` on CPU,
+``plots=False``) and writes our self-describing metadata into the exported file.
 """
 
 from __future__ import annotations
@@ -38,14 +38,13 @@ def _yolo():
 
 
 def build_model(cfg: DetectorConfig, weights: str | Path | None = None):
-    """YOLO from ``cfg.model`` yaml; with ``weights`` (local .pt) its matching tensors are loaded."""
+    """YOLO from ``cfg.model`` yaml; with ``weights`` (a local .pt, or a bare checkpoint name like ``yolov5nu.pt``
+    in Ultralytics' weights dir) its matching tensors are loaded."""
     YOLO = _yolo()
     model = YOLO(cfg.model)
     w = weights or cfg.weights
     if w:
-        w = Path(w)
-        if not w.is_file():
-            raise InputError(f"--detector-weights {w}: file not found (weights are never downloaded)")
+        w = local_weights(w)
         try:  # Ultralytics' safe load (common.runtime): tensors and its own network classes, no code
             model = model.load(str(w))
         except Exception as exc:
@@ -53,6 +52,21 @@ def build_model(cfg: DetectorConfig, weights: str | Path | None = None):
                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
                              ) from None
     return model
+
+
+def local_weights(weights: str | Path) -> Path:
+    """The file ``weights`` names: a local path, else a bare name found in Ultralytics' weights dir (absolute, so
+    Ultralytics never tries to fetch it); a published checkpoint missing there names the pull command."""
+    path = Path(weights)
+    if path.is_file():
+        return path
+    if path.name == str(weights):
+        from common.weights import ultralytics_weights
+
+        cached = ultralytics_weights(path.name)
+        if cached is not None:
+            return cached.resolve()
+    raise InputError(f"--detector-weights {path}: file not found (weights are never downloaded)")
 
 
 def flatfield_params(cfg: DetectorConfig) -> dict | None:

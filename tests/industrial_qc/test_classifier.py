@@ -103,3 +103,72 @@ def test_crop_sets_measure_polarity_only_when_asked(tiny_data):
     np.testing.assert_array_equal(measured.targets, plain.targets)  # same crops, one more field
     shares = measured.bright_share(5)
     assert shares and all(0 <= v <= 1 for v in shares.values())
+
+
+def test_imagenet_weights_load_from_the_local_torch_cache(tmp_path, monkeypatch):
+    """``weights: imagenet`` = torchvision's file name under TORCH_HOME, loaded like a local state_dict: every
+    backbone tensor is the file's, the head (a different class count) keeps its fresh init."""
+    import torch
+
+    from industrial_qc.classifier import build_classifier
+    from tests.common.weights_files import write_imagenet_cache
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(InputError, match=r"resnet34-b627a593\.pth .*vsuite weights pull resnet34"):
+        build_classifier("resnet34", 3, weights="imagenet")
+    path, state = write_imagenet_cache(tmp_path, "resnet34", seed=1)
+    torch.manual_seed(0)
+    scratch = build_classifier("resnet34", 3).state_dict()
+    torch.manual_seed(0)
+    net = build_classifier("resnet34", 3, weights="imagenet")
+    by_path = build_classifier("resnet34", 3, weights=path).state_dict()  # a local path: the same loader
+    got = net.state_dict()
+    backbone = [k for k in state if not k.startswith("fc.")]
+    assert all(torch.equal(got[k], state[k]) and torch.equal(by_path[k], state[k]) for k in backbone)
+    assert not torch.equal(scratch["conv1.weight"], got["conv1.weight"])  # the file changed the parameters
+    assert got["fc.weight"].shape == (3, 512) and torch.equal(got["fc.weight"], scratch["fc.weight"])
+
+
+def test_stage_one_of_staged_unfreezing_leaves_the_frozen_weights_bit_identical(tmp_path, monkeypatch):
+    """Stages [fc only, then all] from cached ImageNet weights: after stage 1 every parameter outside ``fc`` is
+    still the file's, bit for bit; fc has moved; stage 2 then trains the backbone too."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from common.checkpoints import load_checkpoint
+    from common.config import TrainConfig
+    from common.engine import fit
+    from industrial_qc.classifier import build_classifier
+    from tests.common.weights_files import write_imagenet_cache
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _, state = write_imagenet_cache(tmp_path, "resnet18")
+    model = build_classifier("resnet18", 2, weights="imagenet")
+    cfg = config_section(TrainConfig, DEFAULT_CONFIG, "classifier.train", batch_size=4, amp=False, cpu_bf16=False,
+                         stages=[{"epochs": 1, "lr": 1e-2, "trainable": ["fc"]},
+                                 {"epochs": 1, "lr": 1e-2, "trainable": ["*"]}])
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.tensor([0, 1] * 4)
+    snapshots = []  # the parameters as each epoch starts training
+
+    class Recording:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            snapshots.append({k: p.detach().clone() for k, p in model.named_parameters()})
+            return iter(self.loader)
+
+    train = Recording(DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=gen))
+    fit(model, train, DataLoader(TensorDataset(x, y), batch_size=8), cfg, tmp_path / "fit", ["a", "b"],
+        class_counts=[4, 4], device=torch.device("cpu"))
+    assert len(snapshots) == 2
+    after_stage1 = snapshots[1]
+    frozen = [k for k in after_stage1 if not k.startswith("fc.")]
+    assert frozen and all(torch.equal(after_stage1[k], state[k]) for k in frozen)
+    assert not torch.equal(after_stage1["fc.weight"], snapshots[0]["fc.weight"])
+    last = load_checkpoint(tmp_path / "fit" / "last.pt")["model"]  # after stage 2 (fit returns the best epoch)
+    assert any(not torch.equal(last[k], state[k]) for k in frozen)
