@@ -20,7 +20,7 @@ class DetectorConfig(StrictModel):
     """Stage 1: Ultralytics YOLO built from yaml (never downloaded), tuned for recall."""
 
     model: Literal["yolov5nu.yaml", "yolov5su.yaml"]
-    weights: str | None  # local .pt to fine-tune from (--detector-weights)
+    weights: str | None  # local .pt, or a published name (yolov5nu.pt) from Ultralytics' weights dir
     imgsz: int = Field(ge=32)
     epochs: int = Field(ge=1)  # upper bound; with --max-minutes the time budget decides
     batch: int = Field(ge=1)
@@ -109,8 +109,8 @@ class AugmentConfig(StrictModel):
 class ClassifierConfig(StrictModel):
     """Stage 2: torchvision ResNet on padded square crops; class 0 is ``background`` (a detector false alarm)."""
 
-    arch: Literal["resnet18", "resnet50"]
-    weights: str | None  # local torchvision state_dict or our checkpoint; never downloaded
+    arch: Literal["resnet18", "resnet34", "resnet50"]
+    weights: str | None  # null | imagenet (local torchvision cache only) | a local state_dict or checkpoint
     stem: Literal["standard", "no_maxpool"]
     crop_size: int = Field(ge=16)
     normalize: Literal["per_crop", "imagenet"]  # see industrial_qc.crops.to_tensor_batch
@@ -133,6 +133,47 @@ class ClassifierConfig(StrictModel):
     def _even_crop(self) -> ClassifierConfig:
         if self.crop_size % 2:
             raise ValueError(f"crop_size must be even, got {self.crop_size}")
+        return self
+
+
+class PartAugmentConfig(StrictModel):
+    """Albumentations for the part classifier (whole parts; all probabilities in [0, 1])."""
+
+    rotate90: float = Field(ge=0, le=1)
+    flip: float = Field(ge=0, le=1)
+    affine: float = Field(ge=0, le=1)
+    scale: tuple[float, float]
+    translate: float = Field(ge=0, lt=0.5)
+    rotate: float = Field(ge=0, le=180)
+    brightness_contrast: float = Field(ge=0, le=1)
+    noise: float = Field(ge=0, le=1)
+
+
+class PartConfig(StrictModel):
+    """Image-level data (a folder per class or a CSV manifest): one torchvision ResNet judges the whole part."""
+
+    good_labels: list[str] = Field(min_length=1)  # the good class: the first of these present (case-insensitive)
+    split_fractions: tuple[float, float, float]  # train, val, test for images without a split
+    arch: Literal["resnet18", "resnet34", "resnet50"]
+    weights: str | None  # None: from scratch | "imagenet" (local torchvision cache only) | a local state_dict
+    image_size: int = Field(ge=32)  # px, square; the whole part is resized with its aspect kept (padded)
+    normalize: Literal["imagenet", "per_image"]
+    line_precision: Literal["int8", "fp32"]
+    # staged unfreezing when started from weights and train.stages is null: head_epochs of the head (fc) alone at
+    # train.lr, then every layer for the rest of train.epochs at train.lr * unfreeze_lr_scale
+    head_epochs: int = Field(ge=1)
+    unfreeze_lr_scale: float = Field(gt=0, le=1)
+    workers: int = Field(ge=0)  # data-loader processes
+    augment: PartAugmentConfig
+    train: TrainConfig
+
+    @model_validator(mode="after")
+    def _fractions(self) -> PartConfig:
+        tr, va, te = self.split_fractions
+        if tr <= 0 or va <= 0 or te < 0 or abs(tr + va + te - 1) > 1e-6:
+            raise ValueError(f"split_fractions {list(self.split_fractions)}: train and val > 0, test >= 0, sum 1")
+        if not all(g.strip() for g in self.good_labels):
+            raise ValueError("good_labels: empty class name")
         return self
 
 
@@ -175,6 +216,7 @@ class QCConfig(StrictModel):
     detector_share: float = Field(gt=0, lt=1)  # of the budget, for stage 1
     detector: DetectorConfig
     classifier: ClassifierConfig
+    part: PartConfig  # image-level data: `qc train` on a class-folder tree or a CSV manifest
     verdict: VerdictConfig
     input: InputConfig
 

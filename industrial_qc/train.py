@@ -354,6 +354,21 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
     return TrainOutcome(out, write_run(out, data_yaml, data, snapshot, metrics), metrics)
 
 
+def train_qc(data: Path | str, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
+             console: Console | None = None) -> TrainOutcome:
+    """``qc train DATA``: a data.yaml trains detector and crop classifier (``train_run``); a CSV manifest or a
+    folder of class folders trains a part classifier (``industrial_qc.part_train``)."""
+    from industrial_qc.parts import data_kind
+
+    if data_kind(data) == "detect":
+        return train_run(Path(data), cfg, out, detector_weights=detector_weights, console=console)
+    if detector_weights is not None:
+        raise InputError("--detector-weights is for detection data (a data.yaml); a part classifier starts from "
+                         "--set part.weights=...")
+    from industrial_qc.part_train import train_part_run
+
+    return train_part_run(data, cfg, out, console=console)
+
 def _plots(plot_dir: Path, confusion: list[list[int]], labels: list[str], val: PartSample, th: Thresholds) -> None:
     """Confusion matrix of stage 2 on val crops; part-level precision-recall curve with the chosen thresholds."""
     from sklearn.metrics import precision_recall_curve
