@@ -5,7 +5,9 @@ A qc record (``industrial_qc.line`` / ``industrial_qc.score``) holds ``file`` (o
 ``verdict``, ``defects`` (each: ``box`` xyxy px, ``det_class``, ``det_conf``, ``cls_class``, ``cls_prob``,
 ``class`` / ``class_prob`` (the name from both stages, shown to the reviewer; older records: the classifier's),
 ``defect_prob``, ``defect_score`` (what the verdict read), ``level``: fail | review), ``latency_ms``, ``run_id``,
-``status``, ``reason`` and optionally ``width``/``height``, ``max_defect_prob``, ``max_defect_score``.
+``status``, ``reason`` and optionally ``width``/``height``, ``max_defect_prob``, ``max_defect_score``. A part
+classifier's record (``mode: part``) has no defects; it names the part's top defect class (``class``,
+``class_prob``), every class's ``probabilities`` and, when FAIL or REVIEW, its ``heatmap`` PNG.
 Readers here accept missing optional fields and a few spellings of each.
 """
 
@@ -74,8 +76,14 @@ def norm_record(rec: dict, index: int) -> dict:
     if status != "ok":
         verdict = "ERROR"
     top = _first(rec, "max_defect_prob", default=max((d["defect_prob"] for d in defects), default=0.0))
+    probs = decode_nested(rec.get("probabilities"))
     return {
         "index": index,
+        "mode": str(_first(rec, "mode", default="detect")),
+        "class": _first(rec, "class"),  # a part run's top defect class (detection records: per defect)
+        "class_prob": _first(rec, "class_prob"),
+        "probabilities": probs if isinstance(probs, dict) else {},
+        "heatmap": _first(rec, "heatmap"),
         "item": file,
         "file": file,
         "timestamp": _first(rec, "timestamp", "time"),
@@ -92,6 +100,14 @@ def norm_record(rec: dict, index: int) -> dict:
         "height": _first(rec, "height"),
         "raw": rec,
     }
+
+
+def part_classes(part: dict) -> list[str]:
+    """The defect classes a part is reported with: its defects' (detection), or a part run's class when the
+    part is not passed."""
+    if part["mode"] == "part":
+        return [str(part["class"])] if part["class"] is not None and part["verdict"] in ("FAIL", "REVIEW") else []
+    return sorted({d["class"] for d in part["defects"]})
 
 
 def load_parts(path: Path | str) -> list[dict]:
@@ -112,7 +128,7 @@ def parts_frame(parts: list[dict], latest: dict[str, dict] | None = None) -> pd.
             "time": p["timestamp"],
             "verdict": p["verdict"],
             "defects": len(p["defects"]),
-            "classes": sorted({d["class"] for d in p["defects"]}),
+            "classes": part_classes(p),
             "top_prob": round(p["max_defect_prob"], 4),
             "latency_ms": p["latency_ms"],
             "reviewed": rev["decision"] if rev else "",

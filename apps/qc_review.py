@@ -3,7 +3,9 @@
 
 Sidebar filters -> parts table -> part view (class-coloured boxes, crops with the classifier's probabilities,
 verdict badge) -> decision form (confirm/reject and relabel each defect, part verdict) saved to the review store.
-KPIs, measured escape / false-reject rates against reviewed truth, YOLO export of reviewed parts, audit.
+A part-classifier run's parts show their heatmap and class probabilities instead (``apps.qc_part``).
+KPIs, measured escape / false-reject rates against reviewed truth, reviewed parts exported (YOLO; class folders
+for part runs), audit.
 No torch: images with OpenCV, the classifier with onnxruntime. Login, allowed folders and escaping: ``apps.login``,
 ``apps.roots``, ``apps.ui.md``.
 """
@@ -20,6 +22,7 @@ import streamlit as st
 from apps import qc_data
 from apps.login import audit_login, require_login
 from apps.qc_draw import class_colour, draw_defects, hex_colour, part_crops, read_image
+from apps.qc_part import export_folders, load_part_model, part_body, part_decision_form, part_labels, save_decision
 from apps.roots import Roots
 from apps.safe_export import ExportRefused
 from apps.ui import (
@@ -75,7 +78,10 @@ def load_models(run_dir: Path | None, run: dict | None = None) -> tuple[OnnxClas
 
 
 def class_names(run: dict | None, parts: list[dict]) -> list[str]:
-    names = list((run or {}).get("detector_names") or [n for n in (run or {}).get("labels", []) if n != "background"])
+    """The defect classes: the detector's (detection runs) or every class but the good one (part runs)."""
+    run = run or {}
+    names = list(run.get("detector_names") or [n for n in run.get("labels", []) if n not in ("background",
+                                                                                            run.get("good_label"))])
     for p in parts:
         for d in p["defects"]:
             if d["class"] not in names:
@@ -127,28 +133,12 @@ def parts_tab(ctx: dict, view: pd.DataFrame) -> None:
 
 def part_view(ctx: dict, item: str, items: list[str]) -> None:
     part = ctx["by_item"][item]
-    names: list[str] = ctx["names"]
-    left, right = st.columns([3, 2])
-    img = None
-    with left:
-        verdict_badge(part["verdict"])
-        st.markdown(f"**{md(part['file'])}**  \n{md(part['timestamp'] or 'no timestamp')}"
-                    + (f" · {part['latency_ms']:.0f} ms" if isinstance(part["latency_ms"], int | float) else "")
-                    + f" · top defect score {part['max_defect_score']:.2f}"
-                    + f" (probability {part['max_defect_prob']:.2f})")
-        if part["status"] != "ok":
-            st.error(md(f"{part['file']}: the line could not inspect this part: {part['reason'] or 'unknown error'}"))
-        else:
-            try:
-                img = read_image(ctx["roots"].readable(qc_data.resolve_file(part["file"], ctx["results_dir"])))
-            except InputError as exc:
-                st.error(md(exc))
-        if img is not None:
-            st.image(draw_defects(img, part["defects"], names), width="stretch")
-            st.markdown(legend_html(names), unsafe_allow_html=True)
-    with right:
-        crops_panel(ctx, part, img)
-    decision_form(ctx, part, items)
+    if part["mode"] == "part":  # a part classifier's record: heatmap and class probabilities, no boxes
+        part_body(ctx, part, part_header(ctx, part))
+        part_decision_form(ctx, part, items)
+    else:
+        detection_body(ctx, part)
+        decision_form(ctx, part, items)
     store: Store | None = ctx["store"]
     if store is not None:
         hist = store.history(app=APP, run_id=ctx["run_id"], item=item)
@@ -158,6 +148,36 @@ def part_view(ctx: dict, item: str, items: list[str]) -> None:
                              hide_index=True)
             else:
                 st.caption("not reviewed yet")
+
+
+def part_header(ctx: dict, part: dict):
+    """Verdict badge, file, time and scores of the part; its image (BGR) or None (an error says why)."""
+    verdict_badge(part["verdict"])
+    st.markdown(f"**{md(part['file'])}**  \n{md(part['timestamp'] or 'no timestamp')}"
+                + (f" · {part['latency_ms']:.0f} ms" if isinstance(part["latency_ms"], int | float) else "")
+                + f" · top defect score {part['max_defect_score']:.2f}"
+                + f" (probability {part['max_defect_prob']:.2f})")
+    if part["status"] != "ok":
+        st.error(md(f"{part['file']}: the line could not inspect this part: {part['reason'] or 'unknown error'}"))
+        return None
+    try:
+        return read_image(ctx["roots"].readable(qc_data.resolve_file(part["file"], ctx["results_dir"])))
+    except InputError as exc:
+        st.error(md(exc))
+        return None
+
+
+def detection_body(ctx: dict, part: dict) -> None:
+    """The part with its class-coloured boxes beside the crops of its defects."""
+    names: list[str] = ctx["names"]
+    left, right = st.columns([3, 2])
+    with left:
+        img = part_header(ctx, part)
+        if img is not None:
+            st.image(draw_defects(img, part["defects"], names), width="stretch")
+            st.markdown(legend_html(names), unsafe_allow_html=True)
+    with right:
+        crops_panel(ctx, part, img)
 
 
 def legend_html(names: list[str]) -> str:
@@ -215,13 +235,6 @@ def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
         submitted = st.form_submit_button("Save decision", type="primary", shortcut="Ctrl+Enter")
     if not submitted:
         return
-    store: Store | None = ctx["store"]
-    if store is None:
-        st.error("cannot save: the review database is not available (see the message above)")
-        return
-    if not ctx["reviewer"]:
-        st.error("enter your name in the sidebar (Reviewer name) before saving")
-        return
     confirmed = any(a == "confirm" for _, a, _ in actions)
     final = ("FAIL" if confirmed else "PASS") if verdict == AUTO else verdict
     details = {
@@ -230,17 +243,7 @@ def decision_form(ctx: dict, part: dict, items: list[str]) -> None:
         "defects": [{"index": i, "box": d["box"], "model_class": d["class"], "defect_prob": d["defect_prob"],
                      "action": a, "label": lab} for i, (d, a, lab) in enumerate(actions)],
     }
-    try:
-        rid = store.record_decision(app=APP, run_id=ctx["run_id"], item=part["item"], reviewer=ctx["reviewer"],
-                                    decision=final, note=note, details=details, record=part["raw"])
-    except Exception as exc:
-        st.error(md(f"decision not saved: {type(exc).__name__}: {exc}"))
-        return
-    st.session_state["qc_flash"] = f"Saved review #{rid}: {md(Path(part['file']).name)} → {final}"
-    if advance and len(items) > 1:
-        i = items.index(part["item"]) if part["item"] in items else 0
-        st.session_state["qc_part_next"] = items[(i + 1) % len(items)]
-    st.rerun()
+    save_decision(ctx, part, items, final, note, details, advance)
 
 
 # ------------------------------------------------------------------------------------------------ other tabs
@@ -277,17 +280,19 @@ def kpi_tab(df: pd.DataFrame) -> None:
 
 
 def export_tab(ctx: dict) -> None:
+    """Reviewed parts as a dataset (YOLO boxes; a part run's: class folders), and the reviews as CSV."""
     store: Store | None = ctx["store"]
-    roots: Roots = ctx["roots"]
-    st.subheader("Reviewed parts as a YOLO dataset")
-    st.caption(f"Written under {md(roots.export or '-')} (the export root, fixed at launch). A folder the suite "
-               "did not create is never changed; its own previous export is replaced only when you tick the box.")
+    kind, default, export = ("class folders", "reviewed_parts", export_folders) if ctx["part_run"] else \
+        ("a YOLO dataset", "reviewed_yolo", export_yolo)
+    st.subheader(f"Reviewed parts as {kind}")
+    st.caption(f"Written under {md(ctx['roots'].export or '-')} (the export root, fixed at launch). A folder the "
+               "suite did not create is never changed; its own previous export is replaced only when you tick the box.")
     with st.form("qc_export"):
-        name = st.text_input("Folder (under the export root)", value="reviewed_yolo", key="qc_export_dir")
+        name = st.text_input("Folder (under the export root)", value=default, key="qc_export_dir")
         replace = st.checkbox("Replace the previous export", value=False, key="qc_export_replace")
-        go = st.form_submit_button("Export YOLO dataset")
+        go = st.form_submit_button("Export YOLO dataset" if not ctx["part_run"] else "Export class folders")
     if go:
-        export_yolo(ctx, name, replace)
+        export(ctx, name, replace)
     if store is not None:
         audited_download("Download all reviews (CSV)", store, app=APP, run_id=ctx["run_id"],
                          actor=ctx["reviewer"], file_name="qc_reviews.csv", key="qc_download_csv")
@@ -348,9 +353,12 @@ def main() -> None:
     run, run_err = load_run(src.run_dir, "industrial_qc")
     if run_err:
         st.error(md(run_err))
-    clf, model_err = load_models(src.run_dir, run) if run is not None else (None, None)
-    if model_err:
-        st.error(md(model_err))
+    part_run = (run or {}).get("mode") == "part"
+    clf, model_err = load_models(src.run_dir, run) if run is not None and not part_run else (None, None)
+    part_pipe, part_err = load_part_model(src.run_dir, run) if part_run else (None, None)
+    for err in (model_err, part_err):
+        if err:
+            st.error(md(err))
     parts = load_results_or_stop(src.results, lambda: _load_parts(str(src.results), mtime(src.results)),
                                  "vsuite app qc RUN --results results.jsonl")
     store, store_err = get_store(src)
@@ -368,8 +376,10 @@ def main() -> None:
     by_item = {}
     for p in parts:
         by_item[p["item"]] = p  # a file inspected twice: the latest record
+    labels, good_label = part_labels(run, parts)
     ctx = {"run": run, "run_id": run_id, "parts": parts, "by_item": by_item, "df": df, "names": names, "clf": clf,
-           "store": store, "reviewer": reviewer, "results_dir": src.results.resolve().parent, "roots": src.roots}
+           "store": store, "reviewer": reviewer, "results_dir": src.results.resolve().parent, "roots": src.roots,
+           "part_pipe": part_pipe, "labels": labels, "good_label": good_label, "part_run": part_run}
     st.caption(f"run {md(run_id)} · {len(parts)} records from {md(src.results)} · reviews in "
                f"{md(store_label(store))}")
     tabs = st.tabs(["Parts", "KPIs", "Export", "Audit"])

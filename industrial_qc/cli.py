@@ -19,6 +19,14 @@ class ImageFormat(StrEnum):
     png = "png"
 
 
+class Layout(StrEnum):
+    """``synth --layout``: box-labelled detection data, or image-level parts in class folders or a CSV manifest."""
+
+    yolo = "yolo"
+    folders = "folders"
+    csv = "csv"
+
+
 class Split(StrEnum):
     """``eval --split``: the dataset split to evaluate on."""
 
@@ -60,8 +68,14 @@ def synth(
     image_format: ImageFormat = typer.Option(ImageFormat.jpg, "--format", help="Image file format."),
     axis_scratches: float = typer.Option(0.3, "--axis-scratches", min=0.0, max=1.0,
                                          help="Share of scratches along an image axis (machining marks)."),
+    layout: Layout = typer.Option(Layout.yolo, "--layout",
+                                  help="yolo: data.yaml + box labels; folders: OUT/{split}/{class}/*; csv: "
+                                       "OUT/images/* + OUT/labels.csv (one part per image, labelled by its defect)."),
+    splits: bool = typer.Option(True, "--splits/--no-splits",
+                                help="folders/csv: write train/val/test (without: `qc train` draws them)."),
 ) -> None:
-    """Write a synthetic Ultralytics defect dataset: textured parts with scratches, pits, stains and cracks."""
+    """Write a synthetic defect dataset: textured parts with scratches, pits, stains and cracks, box-labelled
+    (yolo) or one labelled part per image (folders, csv)."""
     from rich.table import Table
 
     from common.errors import InputError
@@ -76,6 +90,9 @@ def synth(
         split_counts(images, val_frac, test_frac)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if layout != Layout.yolo:
+        _synth_parts(out, cfg, layout.value, splits, console)
+        return
     rep = synthesize_shown(out, cfg, console)
     table = Table(title=f"synthetic parts ({size} px, seed {seed})")
     for col in ("split", "images", "good parts"):
@@ -87,23 +104,43 @@ def synth(
     console.print(f"-> [bold]{rep.data_yaml}[/]")
 
 
+def _synth_parts(out: Path, cfg, layout: str, splits: bool, console) -> None:
+    """``synth --layout folders|csv``: image-level parts, with a table of images per split and class."""
+    from rich.table import Table
+
+    from industrial_qc.synth_parts import synthesize_parts_shown
+
+    rep = synthesize_parts_shown(out, cfg, layout, splits, console)  # type: ignore[arg-type]
+    classes = list(next(iter(rep.counts.values())))
+    table = Table(title=f"synthetic parts, one per image ({cfg.size} px, seed {cfg.seed})")
+    for col in ("split", *classes):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, per_class in rep.counts.items():
+        table.add_row(split, *(str(per_class[c]) for c in classes))
+    console.print(table)
+    console.print(f"-> [bold]{rep.data}[/] (vsuite qc train {rep.data})")
+
+
 @app.command(epilog="Example: vsuite qc train data/qc/data.yaml --out runs/qc1 --max-minutes 20 "
-                    "--set classifier.arch=resnet50")
+                    "--set classifier.arch=resnet50;  vsuite qc train data/parts --out runs/parts1 --max-minutes 30")
 def train(
-    data_yaml: Path = typer.Argument(..., help="Ultralytics data.yaml (path, train, val, test, names)."),
+    data: Path = typer.Argument(..., help="Ultralytics data.yaml (detection); or image-level parts: a folder with "
+                                          "one sub-folder per class (optionally under train/ val/ test/) or a CSV "
+                                          "manifest path,label[,split]."),
     config: Path = typer.Option(None, "--config", help="Config YAML [default: configs/industrial_qc/default.yaml]."),
     out: Path = typer.Option(None, "--out", help="Run directory [default: runs/qc-<time>]."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a config key, e.g. detector.epochs=50."),
-    max_minutes: float = typer.Option(None, "--max-minutes", min=0.1, help="Wall-time cap for both stages."),
+    max_minutes: float = typer.Option(None, "--max-minutes", min=0.1, help="Wall-time cap for the whole training."),
     detector_weights: Path = typer.Option(None, "--detector-weights", help="Local YOLO .pt to fine-tune from."),
 ) -> None:
-    """Train detector (YOLOv5) and crop classifier (ResNet), choose verdict thresholds, write the run directory."""
+    """Detection data: train detector (YOLOv5) and crop classifier (ResNet); image-level data: a part classifier
+    (ResNet). Then choose the verdict thresholds and write the run directory."""
     import time
 
     from rich.table import Table
 
     from industrial_qc.config import load_qc_config
-    from industrial_qc.train import train_run
+    from industrial_qc.train import train_qc
 
     console = _console()
     ov = list(overrides or [])
@@ -111,12 +148,25 @@ def train(
         ov.append(f"max_minutes={max_minutes}")
     cfg = load_qc_config(config, ov)
     out = out or Path("runs") / time.strftime("qc-%Y%m%d-%H%M%S")
-    outcome = train_run(data_yaml, cfg, out, detector_weights=detector_weights, console=console)
-    m = outcome.metrics
+    outcome = train_qc(data, cfg, out, detector_weights=detector_weights, console=console)
+    part = outcome.run.get("mode") == "part"
     table = Table(title="training summary (val)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [
+    for k, v in _part_rows(outcome.metrics) if part else _detection_rows(outcome.metrics):
+        table.add_row(k, _fmt(v))
+    console.print(table)
+    if part:
+        models = ", ".join(dict.fromkeys(outcome.run["models"].values()))
+        console.print(f"run -> [bold]{out}[/] (run.json, {models}, metrics.json, splits.csv, plots/)")
+        return
+    line = outcome.metrics["classifier"]["line_classifier"]
+    console.print(f"run -> [bold]{out}[/] (run.json, detector.onnx, classifier.onnx"
+                  + (f", {line}" if line != "classifier.onnx" else "") + ", metrics.json, plots/)")
+
+
+def _detection_rows(m: dict) -> list[tuple[str, object]]:
+    return [
         ("detector mAP50", m["detector"]["mAP50"]), ("detector recall", m["detector"]["recall"]),
         ("detector epochs", m["detector"]["epochs"]), ("classifier accuracy", m["classifier"]["accuracy"]),
         ("classifier epochs", m["classifier"]["epochs"]), ("temperature", m["classifier"]["temperature"]),
@@ -126,29 +176,35 @@ def train(
         ("line classifier", m["classifier"]["line_classifier"]),
         ("minutes", m["minutes_total"]),
     ]
-    for k, v in rows:
-        table.add_row(k, _fmt(v))
-    console.print(table)
-    line = m["classifier"]["line_classifier"]
-    console.print(f"run -> [bold]{out}[/] (run.json, detector.onnx, classifier.onnx"
-                  + (f", {line}" if line != "classifier.onnx" else "") + ", metrics.json, plots/)")
+
+
+def _part_rows(m: dict) -> list[tuple[str, object]]:
+    from industrial_qc.part_train import part_summary_rows
+
+    return part_summary_rows(m)
 
 
 @app.command("eval", epilog="Example: vsuite qc eval runs/qc1 data/qc/data.yaml --split test")
 def eval_cmd(
     run: Path = typer.Argument(..., help="Run directory written by `vsuite qc train`."),
-    data_yaml: Path = typer.Argument(..., help="data.yaml of the dataset to evaluate on."),
+    data_yaml: Path = typer.Argument(..., metavar="DATA",
+                                     help="data.yaml of the dataset to evaluate on; for a part-classifier run its "
+                                          "class-folder tree or CSV manifest (the run's split is drawn again)."),
     split: Split = typer.Option(Split.test, "--split", help="Dataset split."),
     no_map: bool = typer.Option(False, "--no-map", help="Skip the detector mAP (Ultralytics validation)."),
 ) -> None:
     """Detector mAP, classifier accuracy on ground-truth crops, pipeline precision/recall, escape and
-    false-reject rates; printed and written to RUN/metrics.json."""
+    false-reject rates (part runs: accuracy, AUROC, per-class, escape, false-reject and review rates, confusion
+    matrix and ROC plots); printed and written to RUN/metrics.json."""
     from rich.table import Table
 
     from industrial_qc.evaluate import evaluate_run
 
     console = _console()
     m = evaluate_run(run, data_yaml, split.value, console=console, detector_map=not no_map)
+    if m.get("mode") == "part":
+        _print_part_eval(console, m, run)
+        return
     det = m.get("detector", {})
     parts = m["pipeline"]["parts"]
     cls = m["classifier"]
@@ -186,9 +242,37 @@ def eval_cmd(
     console.print(f"-> [bold]{Path(run) / 'metrics.json'}[/] (eval.{split})")
 
 
+def _print_part_eval(console, m: dict, run: Path) -> None:
+    """The tables of a part run's eval (``industrial_qc.part_eval``)."""
+    from rich.table import Table
+
+    from industrial_qc.part_eval import part_summary
+
+    cls = m["classification"]
+    table = Table(title=f"eval on {m['split']} ({m['images']} images, {len(m['errors'])} unreadable)")
+    for col in ("class", "precision", "recall", "F1", "images", "PASS", "REVIEW", "FAIL"):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    for name, pc in cls.get("per_class", {}).items():
+        v = m["verdicts_by_class"][name]
+        table.add_row(name, _fmt(pc["precision"]), _fmt(pc["recall"]), _fmt(pc["f1"]), str(pc["support"]),
+                      str(v["PASS"]), str(v["REVIEW"]), str(v["FAIL"]))
+    console.print(table)
+    t2 = Table(title="parts")
+    t2.add_column("metric")
+    t2.add_column("value", justify="right")
+    for k, v in part_summary(m).items():
+        t2.add_row(k, _fmt(v))
+    t2.add_row("verdicts", " ".join(f"{k} {v}" for k, v in m["parts"]["verdicts"].items()))
+    console.print(t2)
+    for e in m["errors"][:10]:
+        console.print(f"[red]unreadable[/] {e}", highlight=False)
+    console.print(f"-> [bold]{Path(run) / 'metrics.json'}[/] (eval.{m['split']}), plots: "
+                  + ", ".join(Path(p).name for p in m["plots"]))
+
+
 @app.command(epilog="Example: vsuite qc inspect runs/qc1 /line/incoming --watch --out /line/results --annotate")
 def inspect(
-    run: Path = typer.Argument(..., help="Run directory (detector.onnx, classifier.onnx, run.json)."),
+    run: Path = typer.Argument(..., help="Run directory written by `vsuite qc train` (run.json, ONNX models)."),
     source: str = typer.Argument(..., help="Folder, glob ('parts/*.png'), video file or camera index (0)."),
     watch: bool = typer.Option(False, "--watch", help="Keep polling the folder/glob for new files."),
     out: Path = typer.Option(Path("inspect_out"), "--out", help="Output folder: results.jsonl, ledger.txt."),
@@ -211,7 +295,8 @@ def inspect(
                                         "[default: the run's input.max_pixels, 100 MP]."),
 ) -> None:
     """Line inspection: one fsync'd JSON line per part, exactly once across restarts; Ctrl-C stops cleanly.
-    One line per output folder; files still being written (.part/.tmp names, or changing) wait until complete."""
+    One line per output folder; files still being written (.part/.tmp names, or changing) wait until complete.
+    A part-classifier run writes a heatmap of each FAIL / REVIEW part to OUT/heatmaps."""
     from industrial_qc.line import InspectOptions, run_line
 
     opts = InspectOptions(watch=watch, poll_interval=poll, annotate=annotate, sort=sort.value,  # type: ignore[arg-type]

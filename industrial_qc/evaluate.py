@@ -1,7 +1,8 @@
 """``vsuite qc eval``: detector mAP (Ultralytics validation), classifier accuracy on ground-truth crops, pipeline
 per-class precision/recall and the part-level escape and false-reject rates, from a run directory.
 
-Only the detector mAP step imports Ultralytics (and so torch); everything else runs the ONNX files.
+Only the detector mAP step imports Ultralytics (and so torch); everything else runs the ONNX files. A
+part-classifier run (run.json ``mode: part``) is evaluated by ``industrial_qc.part_eval``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from common.rundir import read_run_json, update_run_json
 from industrial_qc.crops import box_iou
 from industrial_qc.cropset import CropSet, build_crop_set
 from industrial_qc.data import Sample, load_dataset, read_image, write_resolved_yaml
+from industrial_qc.part_eval import evaluate_part_run, part_summary
+from industrial_qc.part_pipeline import run_mode
 from industrial_qc.pipeline import OnnxClassifier, Pipeline
 from industrial_qc.verdict import part_rates
 
@@ -126,9 +129,12 @@ def classifier_gt_metrics_all_splits(clf: OnnxClassifier, data_yaml: Path, names
 
 def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console=None, detector_map: bool = True,
                  iou_thr: float | None = None) -> dict:
-    """All metrics of a run on one split; written to ``run_dir/metrics.json`` under ``eval.<split>``."""
+    """All metrics of a run on one split; written to ``run_dir/metrics.json`` under ``eval.<split>``. For a part
+    run ``data_yaml`` is its image-level dataset (``industrial_qc.part_eval.evaluate_part_run``)."""
     run_dir = Path(run_dir)
     run = read_run_json(run_dir)
+    if run_mode(run, run_dir) == "part":
+        return evaluate_part_run(run_dir, data_yaml, split, console=console, run=run)
     ds = load_dataset(data_yaml, (split,), required=())
     names = list(run["labels"])[1:]
     if ds.names != names:
@@ -176,6 +182,8 @@ def evaluate_run(run_dir: Path, data_yaml: Path, split: str = "test", *, console
 
 def summary(metrics: dict) -> dict:
     """The headline numbers of an eval (for run.json and the CLI table)."""
+    if metrics.get("mode") == "part":
+        return part_summary(metrics)
     parts = metrics.get("pipeline", {}).get("parts", {})
     det = metrics.get("detector", {})
     return {

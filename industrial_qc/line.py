@@ -42,7 +42,8 @@ from industrial_qc.hotfolder import (
     unique_name,
 )
 from industrial_qc.images import ImageLimits, check_image, read_image
-from industrial_qc.pipeline import Pipeline, draw_annotations, part_record
+from industrial_qc.part_pipeline import PartPipeline
+from industrial_qc.pipeline import Pipeline, draw_annotations, load_pipeline, part_record
 from industrial_qc.verdict import VERDICTS
 
 
@@ -178,8 +179,15 @@ def _iter_frames(source: str, kind: SourceKind, ledger: Ledger, stop: StopFlag) 
         cap.release()
 
 
-def inspect_part(pipe: Pipeline, part: Part, limits: ImageLimits | None = None) -> tuple[dict, np.ndarray | None]:
-    """One part -> (record, decoded image or None). Never raises for a bad input: that is an error record."""
+def part_stem(part: Part) -> str:
+    """The name a part's pictures get (annotated image, heatmap): the file's stem, plus the frame of a video."""
+    return Path(part.source.split("#")[0]).stem + (("_" + part.key.split("#")[1]) if "#" in part.key else "")
+
+
+def inspect_part(pipe: Pipeline | PartPipeline, part: Part, limits: ImageLimits | None = None,
+                 heatmaps: Path | None = None) -> tuple[dict, np.ndarray | None]:
+    """One part -> (record, decoded image or None). Never raises for a bad input: that is an error record.
+    ``heatmaps``: the folder a part run's FAIL / REVIEW heatmaps go to (``OUT/heatmaps``)."""
     t0 = time.perf_counter()
     base = {"run_id": pipe.run_id, "ledger_key": part.key}
     if part.problem is not None:
@@ -196,7 +204,8 @@ def inspect_part(pipe: Pipeline, part: Part, limits: ImageLimits | None = None) 
     except Exception as exc:  # a decoder crash on a hostile file must not stop the line
         return error_record(part.source, f"{part.source}: {type(exc).__name__}: {exc}", file=part.source,
                             **base), None
-    return part_record(pipe, img, part.source, (time.perf_counter() - t0) * 1e3, **base), img
+    target = None if heatmaps is None else lambda: unique_name(heatmaps, f"{part_stem(part)}.png", part.key)
+    return part_record(pipe, img, part.source, (time.perf_counter() - t0) * 1e3, heatmap=target, **base), img
 
 
 def _after(record: dict, img: np.ndarray | None, part: Part, out_dir: Path, opts: InspectOptions) -> None:
@@ -205,8 +214,7 @@ def _after(record: dict, img: np.ndarray | None, part: Part, out_dir: Path, opts
     if opts.annotate and img is not None and verdict in ("FAIL", "REVIEW"):
         ann = out_dir / "annotated"
         ann.mkdir(exist_ok=True)
-        base = Path(part.source.split("#")[0]).stem + (("_" + part.key.split("#")[1]) if "#" in part.key else "")
-        dest = unique_name(ann, f"{base}.jpg", part.key)
+        dest = unique_name(ann, f"{part_stem(part)}.jpg", part.key)
         tmp = dest.with_name(f".{dest.name}.tmp")
         ok, data = cv2.imencode(".jpg", draw_annotations(img, record))
         if not ok:
@@ -240,7 +248,8 @@ def _finish_sorting(rec: dict | None, out_dir: Path, opts: InspectOptions) -> No
 
 
 def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, console=None) -> dict:
-    """Inspect ``source`` into ``out_dir`` (results.jsonl, ledger.txt, optional annotated/ and sorted folders)."""
+    """Inspect ``source`` into ``out_dir`` (results.jsonl, ledger.txt, optional annotated/ and sorted folders;
+    heatmaps/ of FAIL and REVIEW parts for a part-classifier run)."""
     from rich.console import Console
 
     console = console or Console()
@@ -251,12 +260,12 @@ def run_line(run_dir: Path, source: str, out_dir: Path, opts: InspectOptions, co
         source = abs_path(os.path.expanduser(source)) if kind != "glob" else os.path.expanduser(source)
     with OutputLock(out_dir):
         share_thread_pool(opts.threads)  # detector and classifier alternate on one pool: less latency per part
-        pipe = Pipeline.from_run(run_dir, threads=opts.threads)
+        pipe = load_pipeline(run_dir, threads=opts.threads)
         limits = pipe.limits if opts.max_pixels is None else ImageLimits(opts.max_pixels, pipe.limits.min_side)
         return _line_loop(pipe, limits, source, kind, out_dir, opts, console)
 
 
-def _line_loop(pipe: Pipeline, limits: ImageLimits, source: str, kind: SourceKind, out_dir: Path,
+def _line_loop(pipe: Pipeline | PartPipeline, limits: ImageLimits, source: str, kind: SourceKind, out_dir: Path,
                opts: InspectOptions, console) -> dict:
     """Recover the ledger, then record parts until the source is done, a signal comes or ``max_parts`` is hit."""
     results_path = out_dir / "results.jsonl"
@@ -297,11 +306,12 @@ def _resume(results_path: Path, ledger: Ledger, out_dir: Path, opts: InspectOpti
                       f"{display_text(exc)}", highlight=False)
 
 
-def _record_part(pipe: Pipeline, limits: ImageLimits, part: Part, scanner: Scanner | None, writer: JsonlWriter,
-                 ledger: Ledger, out_dir: Path, opts: InspectOptions, console) -> dict | None:
-    """Inspect one part, write its record, then its ledger line, then annotate/sort it; None when it is held back
-    (``Scanner.defer``: no record now)."""
-    record, img = inspect_part(pipe, part, limits)
+def _record_part(pipe: Pipeline | PartPipeline, limits: ImageLimits, part: Part, scanner: Scanner | None,
+                 writer: JsonlWriter, ledger: Ledger, out_dir: Path, opts: InspectOptions, console) -> dict | None:
+    """Inspect one part (a part run's heatmap first), write its record, then its ledger line, then annotate/sort
+    it; None when it is held back (``Scanner.defer``: no record now)."""
+    heatmaps = out_dir / "heatmaps" if isinstance(pipe, PartPipeline) else None
+    record, img = inspect_part(pipe, part, limits, heatmaps)
     if record.pop("retryable", False) and opts.watch and scanner is not None \
             and scanner.defer(part, record["reason"]):
         return None

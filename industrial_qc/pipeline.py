@@ -21,6 +21,7 @@ from common.rundir import read_run_json, verify_model_file
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_KINDS, crops_for_boxes, to_tensor_batch
 from industrial_qc.flatfield import fit_to, flatfield
 from industrial_qc.images import ImageLimits
+from industrial_qc.part_pipeline import HeatmapTarget, PartPipeline, run_mode
 from industrial_qc.verdict import (
     SCORE_KINDS,
     ScoreKind,
@@ -356,13 +357,23 @@ class Pipeline:
         }
 
 
-def part_record(pipe: Pipeline, img: np.ndarray, source: str, decode_ms: float, **fields) -> dict:
+def load_pipeline(run_dir: Path | str, threads: int | None = None, run: dict | None = None
+                  ) -> Pipeline | PartPipeline:
+    """The run's line model by run.json ``mode``: the two-stage ``Pipeline`` or the part classifier's."""
+    run = run or read_run_json(run_dir)
+    kind = PartPipeline if run_mode(run, run_dir) == "part" else Pipeline
+    return kind.from_run(run_dir, threads=threads, run=run)
+
+
+def part_record(pipe: Pipeline | PartPipeline, img: np.ndarray, source: str, decode_ms: float,
+                heatmap: HeatmapTarget | None = None, **fields) -> dict:
     """The record of one decoded part (the line's and batch scoring's): the pipeline's result, image size and
-    timings; an inference failure is this part's error record, never an exception."""
+    timings; an inference failure is this part's error record, never an exception. ``heatmap``: where a part
+    run's FAIL / REVIEW heatmap goes (``PartPipeline.inspect``)."""
     t0 = time.perf_counter()
     base = {"file": source, "run_id": pipe.run_id, **fields}
     try:
-        res = pipe.inspect(img)
+        res = pipe.inspect(img) if heatmap is None else pipe.inspect(img, heatmap=heatmap)
     except Exception as exc:
         return error_record(source, f"{source}: inference failed: {type(exc).__name__}: {exc}", **base)
     return {"source": source, "status": "ok", "reason": None, "timestamp": now_iso(), **base,

@@ -1,10 +1,12 @@
 """``vsuite score RUN INPUT... --out FILE`` for industrial_qc runs: files, folders and globs through the ONNX
 pipeline, decoding overlapped with inference (a thread pool decodes ahead; cv2 releases the GIL), one record
-per file, a bad file is an error record. No torch on this path."""
+per file, a bad file is an error record. A part-classifier run's FAIL and REVIEW parts get heatmap PNGs in
+``<out-file-stem>_heatmaps/`` beside the output file. No torch on this path."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import stat
 import time
@@ -19,7 +21,8 @@ from common.results import abs_path, error_record, write_records
 from industrial_qc.data import IMAGE_SUFFIXES
 from industrial_qc.hotfolder import skip_name
 from industrial_qc.images import ImageLimits, read_image
-from industrial_qc.pipeline import Pipeline, part_record
+from industrial_qc.part_pipeline import HeatmapTarget, PartPipeline
+from industrial_qc.pipeline import Pipeline, load_pipeline, part_record
 
 PREFETCH = 8  # decoded images kept ahead of inference
 
@@ -71,9 +74,38 @@ def _decode(path: Path, limits: ImageLimits):
         return None, f"{path}: {type(exc).__name__}: {exc}", 0.0
 
 
-def score_files(pipe: Pipeline, files: list[Path], *, workers: int = 2, on_record=None) -> list[dict]:
-    """Records for ``files`` in order; decoding runs ``PREFETCH`` files ahead on a thread pool."""
+def heatmaps_beside(out: Path) -> Path:
+    """Where batch scoring puts a part run's heatmaps: ``<out-file-stem>_heatmaps/`` beside the output file."""
+    return out.with_name(f"{out.stem}_heatmaps")
+
+
+class HeatmapNames:
+    """Heatmap paths of one scoring pass: ``<stem>.png``, or ``<stem>~<hash of the input path>.png`` for a second
+    input with the same stem. A rerun into the same output writes the same names again (replacing them), where
+    the line, whose records stay, never reuses one."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.taken = folder, set()
+
+    def target(self, path: Path) -> HeatmapTarget:
+        def name() -> Path:
+            dest, n = f"{path.stem}.png", 0
+            tag = hashlib.sha256(os.fsencode(str(path))).hexdigest()[:8]
+            while dest in self.taken:
+                n += 1
+                dest = f"{path.stem}~{tag}{f'-{n - 1}' if n > 1 else ''}.png"
+            self.taken.add(dest)
+            return self.folder / dest
+
+        return name
+
+
+def score_files(pipe: Pipeline | PartPipeline, files: list[Path], *, workers: int = 2, on_record=None,
+                heatmaps: Path | None = None) -> list[dict]:
+    """Records for ``files`` in order; decoding runs ``PREFETCH`` files ahead on a thread pool. ``heatmaps``: the
+    folder a part run's FAIL / REVIEW heatmaps go to."""
     records: list[dict] = []
+    names = HeatmapNames(heatmaps) if heatmaps is not None else None
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         queue: deque[tuple[Path, Future]] = deque()
         it = iter(files)
@@ -90,7 +122,7 @@ def score_files(pipe: Pipeline, files: list[Path], *, workers: int = 2, on_recor
             try:
                 img, err, decode_ms = fut.result()
                 rec = error_record(src, err, file=src, run_id=pipe.run_id) if err is not None \
-                    else part_record(pipe, img, src, decode_ms)
+                    else part_record(pipe, img, src, decode_ms, heatmap=names and names.target(path))
             except Exception as exc:  # MemoryError and the like: this input's error, not the batch's end
                 rec = error_record(src, f"{src}: {type(exc).__name__}: {exc}", file=src, run_id=pipe.run_id)
             records.append(rec)
@@ -102,7 +134,8 @@ def score_files(pipe: Pipeline, files: list[Path], *, workers: int = 2, on_recor
 def score(run_dir: Path, inputs: list[str], out: Path, *, console, run: dict) -> list[dict]:
     """The ``vsuite.scorers`` entry point: score ``inputs`` with the run, write ``out`` (.csv/.parquet/.jsonl)."""
     share_thread_pool()  # detector and classifier alternate on one pool: less latency per part
-    pipe = Pipeline.from_run(run_dir, run=run)
+    pipe = load_pipeline(run_dir, run=run)
+    heatmaps = heatmaps_beside(Path(out)) if isinstance(pipe, PartPipeline) else None
     files, errors = expand_inputs(list(inputs))
     with make_progress(console) as progress:
         task = add_task(progress, "score", total=len(files))
@@ -111,6 +144,6 @@ def score(run_dir: Path, inputs: list[str], out: Path, *, console, run: dict) ->
             progress.update(task, advance=1)
             update_rate(progress, task, "img")
 
-        records = errors + score_files(pipe, files, on_record=tick)
+        records = errors + score_files(pipe, files, on_record=tick, heatmaps=heatmaps)
     write_records(records, out)
     return records
