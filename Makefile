@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 DEMO_OUT ?= demo_out
 DEMO_MINUTES ?= 3
 
-.PHONY: setup browser demo test lint format clean bench-help bench-ants
+.PHONY: setup browser demo test lint format clean bench-help bench-ants bench-elpv
 
 setup: $(STAMP) browser
 
@@ -58,3 +58,8 @@ bench-ants: .venv-ants/.installed
 	.venv-ants/bin/python -m pip install --quiet antspyx numpy
 	touch $@
 	@echo "run: VSUITE_ANTS_PYTHON=.venv-ants/bin/python $(BIN)/python benchmarks/med_preprocess.py"
+
+# The ELPV solar-cell images of benchmarks/qc_elpv.py: benchmark-only (CC BY-NC-SA), not in pyproject.toml.
+bench-elpv: $(STAMP)
+	$(BIN)/python -m pip install --quiet elpv-dataset
+	@echo "run: $(BIN)/python benchmarks/qc_elpv.py --minutes 30 --seeds 0,1 --four-class --json bench_out/qc_elpv.json"
