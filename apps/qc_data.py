@@ -291,6 +291,21 @@ def export_yolo(parts: list[dict], latest: dict[str, dict], class_names: list[st
     return out
 
 
+def exportable_image(file: str, results_dir: Path | None, roots: Roots | None, skipped: list[str]) -> Path | None:
+    """The image of a record's ``file`` when this app may read it and it exists; else None, the reason appended to
+    ``skipped``."""
+    src = resolve_file(file, results_dir)
+    try:
+        src = roots.readable(src) if roots is not None else src
+    except InputError:
+        skipped.append(f"{file}: outside the folders this app may read (--data-root)")
+        return None
+    if not src.is_file():
+        skipped.append(f"{file}: image not found")
+        return None
+    return src
+
+
 def _write_yolo(out: YoloExport, stage: Path, parts: list[dict], latest: dict[str, dict], class_names: list[str],
                 results_dir: Path | None, val_every: int, roots: Roots | None) -> None:
     import yaml
@@ -308,17 +323,9 @@ def _write_yolo(out: YoloExport, stage: Path, parts: list[dict], latest: dict[st
         if rev["decision"] == "FAIL" and not boxes:
             out.skipped.append(f"{p['file']}: reviewed FAIL but no confirmed box (needs annotation)")
             continue
-        src = resolve_file(p["file"], results_dir)
-        if roots is not None:
-            try:
-                src = roots.readable(src)
-            except InputError:
-                out.skipped.append(f"{p['file']}: outside the folders this app may read (--data-root)")
-                continue
-        if not src.is_file():
-            out.skipped.append(f"{p['file']}: image not found")
-            continue
-        chosen.append((p, src, boxes))
+        src = exportable_image(p["file"], results_dir, roots, out.skipped)
+        if src is not None:
+            chosen.append((p, src, boxes))
     for _, _, boxes in chosen:
         for cls, _ in boxes:
             if cls not in names:

@@ -148,24 +148,34 @@ def save_decision(ctx: dict, part: dict, items: list[str], final: str, note: str
     st.rerun()
 
 
-def export_folders(ctx: dict, name: str, replace: bool) -> None:
-    """Reviewed parts into one folder per reviewed class under the export root (``apps.qc_part_export``)."""
+def run_export(ctx: dict, name: str, write) -> tuple[Store, str, object] | None:
+    """``write(target, latest, meta)`` into ``name`` under the export root; refusals and failures are shown, not
+    raised. Returns (store, actor, what ``write`` returned), or None when nothing was written."""
     store: Store | None = ctx["store"]
     if store is None:
         st.error("no review database: nothing to export")
-        return
+        return None
     actor = ctx["reviewer"] or "unknown"
     try:
         target = ctx["roots"].export_target(name)
         latest = store.latest_decisions(app=APP, run_id=ctx["run_id"])
-        res = export_class_folders(ctx["parts"], latest, target, ctx["results_dir"], replace=replace,
-                                   roots=ctx["roots"], meta={"app": APP, "run_id": ctx["run_id"], "actor": actor})
+        res = write(target, latest, {"app": APP, "run_id": ctx["run_id"], "actor": actor})
     except ExportRefused as exc:
         show_refusal(exc)
-        return
+        return None
     except (InputError, OSError) as exc:
         st.error(md(f"export failed: {exc}"))
+        return None
+    return store, actor, res
+
+
+def export_folders(ctx: dict, name: str, replace: bool) -> None:
+    """Reviewed parts into one folder per reviewed class under the export root (``apps.qc_part_export``)."""
+    done = run_export(ctx, name, lambda target, latest, meta: export_class_folders(
+        ctx["parts"], latest, target, ctx["results_dir"], replace=replace, roots=ctx["roots"], meta=meta))
+    if done is None:
         return
+    store, actor, res = done
     store.log(actor=actor, action="export.class_folders", app=APP, run_id=ctx["run_id"],
               detail={"out": str(res.out_dir), "images": res.images, "classes": res.classes, "replaced": res.replaced})
     counts = ", ".join(f"{md(k)} {v}" for k, v in sorted(res.classes.items())) or "none"

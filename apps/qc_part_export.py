@@ -11,10 +11,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.qc_data import resolve_file
+from apps.qc_data import exportable_image
 from apps.roots import Roots
 from apps.safe_export import plan_folder, staged_folder
-from common.errors import InputError
 
 KIND = "class-folders"
 
@@ -63,14 +62,7 @@ def _chosen(out: FolderExport, parts: list[dict], latest: dict[str, dict], resul
         if label is None or label.startswith(".") or "/" in label or "\\" in label:
             out.skipped.append(f"{p['file']}: the review names no class usable as a folder name")
             continue
-        src = resolve_file(p["file"], results_dir)
-        try:
-            src = roots.readable(src) if roots is not None else src
-        except InputError:
-            out.skipped.append(f"{p['file']}: outside the folders this app may read (--data-root)")
-            continue
-        if not src.is_file():
-            out.skipped.append(f"{p['file']}: image not found")
-            continue
-        chosen.append((src, label))
+        src = exportable_image(p["file"], results_dir, roots, out.skipped)
+        if src is not None:
+            chosen.append((src, label))
     return chosen

@@ -22,9 +22,16 @@ import streamlit as st
 from apps import qc_data
 from apps.login import audit_login, require_login
 from apps.qc_draw import class_colour, draw_defects, hex_colour, part_crops, read_image
-from apps.qc_part import export_folders, load_part_model, part_body, part_decision_form, part_labels, save_decision
+from apps.qc_part import (
+    export_folders,
+    load_part_model,
+    part_body,
+    part_decision_form,
+    part_labels,
+    run_export,
+    save_decision,
+)
 from apps.roots import Roots
-from apps.safe_export import ExportRefused
 from apps.ui import (
     Sources,
     audited_download,
@@ -36,7 +43,6 @@ from apps.ui import (
     mtime,
     page_args,
     reviewer_name,
-    show_refusal,
     sources_sidebar,
     store_label,
     verdict_badge,
@@ -299,22 +305,12 @@ def export_tab(ctx: dict) -> None:
 
 
 def export_yolo(ctx: dict, name: str, replace: bool) -> None:
-    store: Store | None = ctx["store"]
-    if store is None:
-        st.error("no review database: nothing to export")
+    done = run_export(ctx, name, lambda target, latest, meta: qc_data.export_yolo(
+        ctx["parts"], latest, ctx["names"], target, ctx["results_dir"], replace=replace, roots=ctx["roots"],
+        meta=meta))
+    if done is None:
         return
-    actor = ctx["reviewer"] or "unknown"
-    try:
-        target = ctx["roots"].export_target(name)
-        latest = store.latest_decisions(app=APP, run_id=ctx["run_id"])
-        res = qc_data.export_yolo(ctx["parts"], latest, ctx["names"], target, ctx["results_dir"], replace=replace,
-                                  roots=ctx["roots"], meta={"app": APP, "run_id": ctx["run_id"], "actor": actor})
-    except ExportRefused as exc:
-        show_refusal(exc)
-        return
-    except (InputError, OSError) as exc:
-        st.error(md(f"export failed: {exc}"))
-        return
+    store, actor, res = done
     store.log(actor=actor, action="export.yolo", app=APP, run_id=ctx["run_id"],
               detail={"out": str(res.out_dir), "images": res.images, "boxes": res.boxes, "replaced": res.replaced})
     st.success(f"Exported {res.images} images ({res.boxes} boxes, {res.good} good parts) to {md(res.out_dir)} "

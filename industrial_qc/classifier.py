@@ -27,7 +27,7 @@ from common.errors import InputError
 from common.export import export_onnx
 from common.inference import softmax
 from common.metrics import classification_metrics
-from industrial_qc.config import AugmentConfig, ClassifierConfig
+from industrial_qc.config import AugmentConfig, ClassifierConfig, PartAugmentConfig
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, to_tensor_batch
 from industrial_qc.cropset import CropSet
 
@@ -79,15 +79,22 @@ def load_matching_tensors(net: nn.Module, arch: str, path: Path) -> None:
     net.load_state_dict(usable, strict=False)
 
 
-def augmentation(cfg: AugmentConfig, crop_size: int, seed: int) -> A.Compose:
-    """Train-time transform of a (1.5 * S)-sized crop down to (S, S): geometry first, then photometric.
-    Seeded: albumentations 2 draws from its own generator, not numpy's or python's global one."""
-    return A.Compose([
+def geometry(cfg: AugmentConfig | PartAugmentConfig) -> list[A.BasicTransform]:
+    """The geometric half of both classifiers' augmentation: quarter turns, flips, then a small affine."""
+    return [
         A.RandomRotate90(p=cfg.rotate90),
         A.HorizontalFlip(p=cfg.flip),
         A.VerticalFlip(p=cfg.flip),
         A.Affine(scale=cfg.scale, translate_percent=(-cfg.translate, cfg.translate), rotate=(-cfg.rotate, cfg.rotate),
                  border_mode=cv2.BORDER_REFLECT_101, p=cfg.affine),
+    ]
+
+
+def augmentation(cfg: AugmentConfig, crop_size: int, seed: int) -> A.Compose:
+    """Train-time transform of a (1.5 * S)-sized crop down to (S, S): geometry first, then photometric.
+    Seeded: albumentations 2 draws from its own generator, not numpy's or python's global one."""
+    return A.Compose([
+        *geometry(cfg),
         A.CenterCrop(crop_size, crop_size),
         A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=cfg.brightness_contrast),

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from rich.console import Console
@@ -32,7 +31,7 @@ from common.engine import fit
 from common.metrics import classification_metrics
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
-from industrial_qc.classifier import build_classifier
+from industrial_qc.classifier import build_classifier, geometry
 from industrial_qc.config import PartAugmentConfig, PartConfig, QCConfig, VerdictConfig
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD
 from industrial_qc.part_export import (
@@ -97,11 +96,7 @@ def part_augmentation(cfg: PartAugmentConfig, seed: int) -> A.Compose:
     """Train-time transform of a whole part (same size in and out): geometry, then photometric. Seeded:
     albumentations 2 draws from its own generator."""
     return A.Compose([
-        A.RandomRotate90(p=cfg.rotate90),
-        A.HorizontalFlip(p=cfg.flip),
-        A.VerticalFlip(p=cfg.flip),
-        A.Affine(scale=cfg.scale, translate_percent=(-cfg.translate, cfg.translate), rotate=(-cfg.rotate, cfg.rotate),
-                 border_mode=cv2.BORDER_REFLECT_101, p=cfg.affine),
+        *geometry(cfg),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=cfg.brightness_contrast),
         A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
     ], seed=seed)
