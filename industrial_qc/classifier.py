@@ -27,7 +27,7 @@ from common.errors import InputError
 from common.export import export_onnx
 from common.inference import softmax
 from common.metrics import classification_metrics
-from industrial_qc.config import AugmentConfig, ClassifierConfig, PartAugmentConfig
+from industrial_qc.config import AugmentConfig, ClassifierConfig, GeometryConfig
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, to_tensor_batch
 from industrial_qc.cropset import CropSet
 
@@ -79,7 +79,7 @@ def load_matching_tensors(net: nn.Module, arch: str, path: Path) -> None:
     net.load_state_dict(usable, strict=False)
 
 
-def geometry(cfg: AugmentConfig | PartAugmentConfig) -> list[A.BasicTransform]:
+def geometry(cfg: GeometryConfig) -> list[A.BasicTransform]:
     """The geometric half of both classifiers' augmentation: quarter turns, flips, then a small affine."""
     return [
         A.RandomRotate90(p=cfg.rotate90),

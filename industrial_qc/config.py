@@ -86,8 +86,8 @@ class DetectorConfig(StrictModel):
         return self
 
 
-class AugmentConfig(StrictModel):
-    """Albumentations for the crop classifier (all probabilities in [0, 1])."""
+class GeometryConfig(StrictModel):
+    """The geometric augmentation both classifiers share (``industrial_qc.classifier.geometry``)."""
 
     rotate90: float = Field(ge=0, le=1)
     flip: float = Field(ge=0, le=1)
@@ -95,6 +95,11 @@ class AugmentConfig(StrictModel):
     scale: tuple[float, float]
     translate: float = Field(ge=0, lt=0.5)
     rotate: float = Field(ge=0, le=180)
+
+
+class AugmentConfig(GeometryConfig):
+    """Albumentations for the crop classifier (all probabilities in [0, 1])."""
+
     noise: float = Field(ge=0, le=1)
     brightness_contrast: float = Field(ge=0, le=1)
     hsv: float = Field(ge=0, le=1)
@@ -136,15 +141,9 @@ class ClassifierConfig(StrictModel):
         return self
 
 
-class PartAugmentConfig(StrictModel):
+class PartAugmentConfig(GeometryConfig):
     """Albumentations for the part classifier (whole parts; all probabilities in [0, 1])."""
 
-    rotate90: float = Field(ge=0, le=1)
-    flip: float = Field(ge=0, le=1)
-    affine: float = Field(ge=0, le=1)
-    scale: tuple[float, float]
-    translate: float = Field(ge=0, lt=0.5)
-    rotate: float = Field(ge=0, le=180)
     brightness_contrast: float = Field(ge=0, le=1)
     noise: float = Field(ge=0, le=1)
 

@@ -9,6 +9,7 @@ infinite pixels, and a blank one (every pixel the same): a part nobody can judge
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -163,3 +164,21 @@ def image_size(path: Path) -> tuple[int, int]:
         h, w = read_image(path).shape[:2]
         return w, h
     return (h, w) if turned else (w, h)
+
+
+def write_image(path: Path, img: np.ndarray) -> Path:
+    """Encode ``img`` (BGR uint8) by ``path``'s suffix and write it through a temporary name in the same folder,
+    so a reader (a sorter, the app) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(path.suffix, img)
+    if not ok:
+        raise OSError(f"{path}: cannot encode the image")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.tobytes())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return path

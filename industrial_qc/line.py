@@ -13,7 +13,6 @@ before the loop stops. The hot folder's rules (settling, ignored names, links, s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -41,7 +40,7 @@ from industrial_qc.hotfolder import (
     sort_file,
     unique_name,
 )
-from industrial_qc.images import ImageLimits, check_image, read_image
+from industrial_qc.images import ImageLimits, check_image, read_image, write_image
 from industrial_qc.part_pipeline import PartPipeline
 from industrial_qc.pipeline import Pipeline, draw_annotations, load_pipeline, part_record
 from industrial_qc.verdict import VERDICTS
@@ -214,18 +213,7 @@ def _after(record: dict, img: np.ndarray | None, part: Part, out_dir: Path, opts
     if opts.annotate and img is not None and verdict in ("FAIL", "REVIEW"):
         ann = out_dir / "annotated"
         ann.mkdir(exist_ok=True)
-        dest = unique_name(ann, f"{part_stem(part)}.jpg", part.key)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        ok, data = cv2.imencode(".jpg", draw_annotations(img, record))
-        if not ok:
-            raise OSError(f"{dest}: cannot encode the annotated image")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data.tobytes())
-            os.rename(tmp, dest)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_image(unique_name(ann, f"{part_stem(part)}.jpg", part.key), draw_annotations(img, record))
     if opts.sort != "none":
         sort_file(part, str(verdict), out_dir, opts.sort)
 

@@ -12,8 +12,6 @@ sum_k w[c, k] A_k up to a positive scale, which the graph computes; ReLU and nor
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from common.errors import InputError
 from common.inference import OnnxModel, softmax
 from common.rundir import read_run_json, verify_model_file
 from industrial_qc.crops import IMAGENET_MEAN, IMAGENET_STD, to_tensor_batch
-from industrial_qc.images import ImageLimits
+from industrial_qc.images import ImageLimits, write_image
 from industrial_qc.parts import fit_square
 from industrial_qc.verdict import check_thresholds, part_verdict
 
@@ -184,23 +182,6 @@ def heatmap_image(img: np.ndarray, cam: np.ndarray, size: int, caption: str | No
     return overlay_heatmap(shown, cam_heat(cam, size, (h, w), shown.shape[:2]), caption)
 
 
-def write_png(path: Path, img: np.ndarray) -> Path:
-    """Write ``img`` as a PNG through a temporary name in the same folder (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"{path}: cannot encode the heatmap")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------ pipeline
 @dataclass
 class PartAnalysis:
@@ -295,7 +276,7 @@ class PartPipeline:
     def write_heatmap(self, img: np.ndarray, an: PartAnalysis, res: dict, target: HeatmapTarget) -> dict:
         t0 = time.perf_counter()
         try:
-            path = write_png(target(), self.heatmap(img, an, res["class"]))
+            path = write_image(target(), self.heatmap(img, an, res["class"]))
         except Exception as exc:  # the verdict stands without its picture: a full disk must not stop the line
             return {"heatmap": None, "heatmap_error": f"{type(exc).__name__}: {exc}"}
         return {"heatmap": str(path), "heatmap_ms": round((time.perf_counter() - t0) * 1e3, 2)}
