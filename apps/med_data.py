@@ -181,3 +181,71 @@ def resolve_path(path: str, results_dir: Path | None) -> Path:
         return p
     alt = results_dir / p
     return alt if alt.exists() else p
+
+
+# ------------------------------------------------------------------------------------------------ operating point
+TRADEOFF_MEASURES = {"sensitivity": "sensitivity", "specificity": "specificity", "review": "REVIEW share",
+                     "errors_in_review": "errors in REVIEW"}
+
+
+def _share(v) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _tradeoff_rows(rows) -> list[dict]:
+    """The well-formed rows of a stored trade-off (run.json is read, not trusted): a finite threshold, shares or
+    None, sorted by threshold."""
+    out = []
+    for r in rows if isinstance(rows, list) else []:
+        if isinstance(r, dict) and _share(r.get("threshold")) is not None:
+            out.append({"threshold": float(r["threshold"]), **{k: _share(r.get(k)) for k in TRADEOFF_MEASURES},
+                        "errors": r["errors"] if isinstance(r.get("errors"), int) else None,
+                        "grid": bool(r.get("grid")), "chosen": bool(r.get("chosen"))})
+    return sorted(out, key=lambda r: r["threshold"])
+
+
+def tradeoff_views(run: dict | None) -> list[dict]:
+    """The trade-offs a run's run.json carries (``medical3d.operating``): the training evidence's (``metrics``:
+    validation or out-of-fold, with its operating point report) and each ``vsuite med eval`` split's. Each:
+    {name, rows, threshold (the run's, or None), point (the report or None)}; [] for runs from before them."""
+    run = run or {}
+    views = []
+    metrics = run.get("metrics") if isinstance(run.get("metrics"), dict) else {}
+    point = metrics.get("operating_point") if isinstance(metrics.get("operating_point"), dict) else None
+    sources = [(f"training evidence ({'out-of-fold' if (point or {}).get('source') == 'kfold' else 'validation'})",
+                metrics.get("tradeoff"), point)]
+    evals = run.get("eval") if isinstance(run.get("eval"), dict) else {}
+    sources += [(f"eval: {split}", m.get("tradeoff"), None) for split, m in evals.items() if isinstance(m, dict)]
+    for name, rows, pt in sources:
+        rows = _tradeoff_rows(rows)
+        if rows:
+            chosen = next((r["threshold"] for r in rows if r["chosen"]), None)
+            views.append({"name": name, "rows": rows, "threshold": chosen, "point": pt})
+    return views
+
+
+def tradeoff_table(rows: list[dict]) -> pd.DataFrame:
+    """The 0.05-grid rows and the run's threshold (marked), as the app's table: shares in [0, 1]."""
+    shown = [r for r in rows if r["grid"] or r["chosen"]]
+    return pd.DataFrame([{"threshold": r["threshold"], **{name: r[k] for k, name in TRADEOFF_MEASURES.items()},
+                          "errors": r["errors"], "run's threshold": "◀" if r["chosen"] else ""} for r in shown],
+                        columns=["threshold", *TRADEOFF_MEASURES.values(), "errors", "run's threshold"])
+
+
+def tradeoff_chart_spec(rows: list[dict], threshold: float | None) -> dict:
+    """A Vega-Lite spec: sensitivity, specificity, REVIEW share and errors in REVIEW over every stored threshold
+    (step lines), with a rule at the run's threshold."""
+    values = [{"threshold": r["threshold"], "measure": name, "value": r[k]}
+              for r in rows for k, name in TRADEOFF_MEASURES.items() if r[k] is not None]
+    layers: list[dict] = [{
+        "data": {"values": values},
+        "mark": {"type": "line", "interpolate": "step-after"},
+        "encoding": {"x": {"field": "threshold", "type": "quantitative", "scale": {"domain": [0, 1]}},
+                     "y": {"field": "value", "type": "quantitative", "scale": {"domain": [0, 1]}, "title": "share"},
+                     "color": {"field": "measure", "type": "nominal", "sort": list(TRADEOFF_MEASURES.values())}}}]
+    if threshold is not None:
+        layers.append({"data": {"values": [{"threshold": threshold, "label": f"run's threshold {threshold:.3f}"}]},
+                       "mark": {"type": "rule", "strokeDash": [4, 3], "color": "black"},
+                       "encoding": {"x": {"field": "threshold", "type": "quantitative"},
+                                    "tooltip": {"field": "label", "type": "nominal"}}})
+    return {"layer": layers, "height": 260}

@@ -4,8 +4,9 @@
 Worklist by priority (positive and REVIEW first, then by probability) with review status -> study view
 (axial / coronal / sagittal slices with sliders, window/level presets, original vs N4-corrected, bias field,
 Grad-CAM overlay with opacity, label, calibrated probabilities, QA record) -> sign-off saved to the review
-store; audit view; sign-offs as CSV. Volumes with SimpleITK, no torch. Login, allowed folders and escaping:
-``apps.login``, ``apps.roots``, ``apps.ui.md``.
+store; the run's operating point (does its evidence support the target sensitivity; sensitivity, specificity and
+REVIEW share per threshold); audit view; sign-offs as CSV. Volumes with SimpleITK, no torch. Login, allowed
+folders and escaping: ``apps.login``, ``apps.roots``, ``apps.ui.md``.
 """
 
 from __future__ import annotations
@@ -185,6 +186,34 @@ def signoff_form(ctx: dict, s: dict, items: list[str]) -> None:
     st.rerun()
 
 
+# ------------------------------------------------------------------------------------------------ operating point
+def operating_tab(ctx: dict) -> None:
+    """The run's operating point: whether its evidence supports the target sensitivity, and the trade-off of
+    sensitivity, specificity and REVIEW share per threshold (from run.json: training evidence, each eval split)."""
+    views = med_data.tradeoff_views(ctx["run"])
+    if not views:
+        st.caption("this run carries no trade-off report (trained before it existed, or not a binary run); "
+                   "`vsuite med eval RUN MANIFEST` adds one for a split")
+        return
+    names = [v["name"] for v in views]
+    name = st.radio("Evidence", names, horizontal=True, key="med_tradeoff_source") if len(names) > 1 else names[0]
+    view = views[names.index(name)]
+    point = view["point"]
+    if point and isinstance(point.get("message"), str):
+        (st.success if point.get("supported") else st.warning)(md(point["message"]))
+        if isinstance(point.get("review"), int | float) and isinstance(point.get("errors"), int):
+            held = (f"{point['errors_in_review']:.0%} of its {point['errors']} errors"
+                    if point["errors"] and isinstance(point.get("errors_in_review"), int | float) else "no error")
+            st.caption(f"REVIEW band {_num(point.get('review_low'))}-{_num(point.get('review_high'))}: "
+                       f"{point['review']:.0%} of the evidence, holding {held}")
+    st.caption(f"{md(name)}: {len(view['rows'])} thresholds; the dashed line is the run's threshold"
+               + (f" {view['threshold']:.3f}" if view["threshold"] is not None else ""))
+    st.vega_lite_chart(med_data.tradeoff_chart_spec(view["rows"], view["threshold"]), width="stretch")
+    pct = {c: st.column_config.NumberColumn(c, format="percent") for c in med_data.TRADEOFF_MEASURES.values()}
+    st.dataframe(med_data.tradeoff_table(view["rows"]), hide_index=True, key="med_tradeoff_table",
+                 column_config={"threshold": st.column_config.NumberColumn(format="%.3f"), **pct})
+
+
 # ------------------------------------------------------------------------------------------------ audit, export
 def audit_tab(ctx: dict) -> None:
     store: Store | None = ctx["store"]
@@ -292,12 +321,14 @@ def main() -> None:
            "run_dir": src.run_dir if run is not None else None, "roots": src.roots, "identity": identity}
     st.caption(f"run {md(run_id)} · {len(studies)} studies from {md(src.results)} · sign-offs in "
                f"{md(store_label(store))}")
-    tabs = st.tabs(["Worklist", "Audit", "Export"])
+    tabs = st.tabs(["Worklist", "Operating point", "Audit", "Export"])
     with tabs[0]:
         worklist_tab(ctx, view.reset_index(drop=True))
     with tabs[1]:
-        audit_tab(ctx)
+        operating_tab(ctx)
     with tabs[2]:
+        audit_tab(ctx)
+    with tabs[3]:
         export_tab(ctx)
 
 

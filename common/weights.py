@@ -1,7 +1,7 @@
-"""Pretrained weights from the local caches only: torchvision's ImageNet ResNets under ``torch.hub.get_dir()``
-(``TORCH_HOME``) and Ultralytics checkpoints in its weights dir. Nothing here downloads at run time: a missing
-file is one ``InputError`` naming the path and the ``vsuite weights pull`` command that fills it on a connected
-machine, with the download checked before it lands in the cache.
+"""Pretrained weights from the local caches only: torchvision's ImageNet ResNets and MedicalNet's 3D ResNets under
+``torch.hub.get_dir()`` (``TORCH_HOME``) and Ultralytics checkpoints in its weights dir. Nothing here downloads at
+run time: a missing file is one ``InputError`` naming the path and the ``vsuite weights pull`` command that fills
+it on a connected machine, with the download checked before it lands in the cache.
 
 Torch, torchvision and Ultralytics are imported inside the functions: ``vsuite`` loads this module's CLI.
 """
@@ -27,7 +27,9 @@ TORCHVISION_WEIGHTS = {
     "resnet50": "ResNet50_Weights.IMAGENET1K_V2",
 }
 ULTRALYTICS_EXAMPLES = ("yolov5nu.pt", "yolov5su.pt")
-Source = Literal["torchvision", "ultralytics"]
+# Tencent's MedicalNet 3D ResNets (23 data sets), as MONAI's own loader names them on the Hugging Face hub.
+MEDICALNET_DEPTHS = (10, 18, 34, 50)
+Source = Literal["torchvision", "ultralytics", "medicalnet"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,24 @@ def ultralytics_url(name: str) -> str:
     return f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{release}/{name}"
 
 
+def medicalnet_name(depth: int) -> str:
+    return f"medicalnet_resnet{depth}"
+
+
+def medicalnet_entry(depth: int) -> WeightsEntry:
+    """MedicalNet's resnet``depth`` file: the Hugging Face URL MONAI's loader uses, cached under the torch hub dir."""
+    file = f"resnet_{depth}_23dataset.pth"
+    url = f"https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet{depth}/resolve/main/{file}"
+    return WeightsEntry(medicalnet_name(depth), "medicalnet", url, torch_checkpoint_dir() / "medicalnet" / file,
+                        "loads as a MedicalNet 3D ResNet backbone (names and shapes)")
+
+
 def weights_entry(name: str) -> WeightsEntry:
-    """The entry ``vsuite weights pull NAME`` works on: ``resnet18|34|50`` (ImageNet) or an Ultralytics .pt."""
+    """The entry ``vsuite weights pull NAME`` works on: ``resnet18|34|50`` (ImageNet), ``medicalnet_resnet18``
+    (MedicalNet 3D) or an Ultralytics .pt."""
+    for depth in MEDICALNET_DEPTHS:
+        if name == medicalnet_name(depth):
+            return medicalnet_entry(depth)
     if name in TORCHVISION_WEIGHTS:
         url = torchvision_url(name)
         return WeightsEntry(name, "torchvision", url, torch_checkpoint_dir() / url.rsplit("/", 1)[-1],
@@ -94,7 +112,8 @@ def weights_entry(name: str) -> WeightsEntry:
         return WeightsEntry(name, "ultralytics", ultralytics_url(name), ultralytics_weights_dir() / name,
                             "loads as an Ultralytics checkpoint (safe loader)")
     raise InputError(f"weights {name!r}: unknown; expected one of {', '.join(TORCHVISION_WEIGHTS)} (ImageNet, "
-                     f"torchvision) or an Ultralytics checkpoint such as {', '.join(ULTRALYTICS_EXAMPLES)}")
+                     f"torchvision), {', '.join(medicalnet_name(d) for d in MEDICALNET_DEPTHS)} (MedicalNet 3D) "
+                     f"or an Ultralytics checkpoint such as {', '.join(ULTRALYTICS_EXAMPLES)}")
 
 
 def pull_command(name: str) -> str:
@@ -112,10 +131,48 @@ def imagenet_weights(arch: str) -> Path:
     if arch not in TORCHVISION_WEIGHTS:
         raise InputError(f"classifier.weights imagenet: no ImageNet weights for {arch!r}; "
                          f"expected one of {', '.join(TORCHVISION_WEIGHTS)}")
-    entry = weights_entry(arch)
+    return cached_path(weights_entry(arch), f"classifier.weights imagenet ({arch})")
+
+
+def cached_path(entry: WeightsEntry, what: str) -> Path:
+    """``entry``'s file in its cache, or the one offline error (``not_cached``) saying ``what`` needed it."""
     if not entry.path.is_file():
-        raise not_cached(f"classifier.weights imagenet ({arch})", arch, entry.path)
+        raise not_cached(what, entry.name, entry.path)
     return entry.path
+
+
+def medicalnet_weights(depth: int) -> Path:
+    """The cached MedicalNet resnet``depth`` file; InputError when the depth has none or it is not cached."""
+    if depth not in MEDICALNET_DEPTHS:
+        raise InputError(f"model.weights medicalnet: no MedicalNet weights for resnet{depth}; expected one of "
+                         f"{', '.join(f'resnet{d}' for d in MEDICALNET_DEPTHS)}")
+    return cached_path(medicalnet_entry(depth), f"model.weights medicalnet (resnet{depth})")
+
+
+def medicalnet_state(path: Path, depth: int) -> dict:
+    """The backbone state_dict in a MedicalNet file (``module.`` prefixes dropped), checked name by name and shape
+    by shape against MONAI's resnet``depth`` built the way MedicalNet trained it; InputError naming ``path``."""
+    import torch
+    from monai.networks import nets
+    from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        raise InputError(f"{path}: refused, not a readable torch weights file ({type(exc).__name__})") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: refused, no state_dict in it")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    bias_downsample, shortcut = get_medicalnet_pretrained_resnet_args(depth)
+    ref = getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=1, feed_forward=False,
+                                         shortcut_type=shortcut, bias_downsample=bias_downsample).state_dict()
+    missing = [k for k in ref if k not in state]
+    wrong = [k for k in ref if k in state and tuple(getattr(state[k], "shape", ())) != tuple(ref[k].shape)]
+    if missing or wrong:
+        raise InputError(f"{path}: refused, not a MedicalNet resnet{depth} backbone ({len(missing)} tensors "
+                         f"missing, {len(wrong)} of another shape, e.g. {(missing + wrong)[0]})")
+    return {k: state[k] for k in ref}
 
 
 def ultralytics_weights(name: str) -> Path | None:
@@ -189,6 +246,8 @@ def verify(entry: WeightsEntry, path: Path, digest: str, url: str) -> None:
     """Raise InputError unless ``path`` (sha256 ``digest``) passes ``entry``'s check."""
     if entry.source == "torchvision":
         sha256_prefix_check(entry.url)(digest)  # the official file name holds the hash, whatever ``url`` is
+    elif entry.source == "medicalnet":  # no hash pinned (MONAI's loader checks none either): check the structure
+        medicalnet_state(path, int(entry.name.removeprefix("medicalnet_resnet")))
     else:
         check_ultralytics_checkpoint(path, url)
 
@@ -222,9 +281,10 @@ def _listing_row(name: str, source: Source, path: Path) -> dict:
 
 
 def cache_listing() -> list[dict]:
-    """Every ImageNet ResNet, the example Ultralytics checkpoints and any other .pt in Ultralytics' weights dir:
-    name, source, cache path, cached or not, size in MB."""
+    """Every ImageNet ResNet, every MedicalNet 3D ResNet, the example Ultralytics checkpoints and any other .pt in
+    Ultralytics' weights dir: name, source, cache path, cached or not, size in MB."""
     rows = [_listing_row(n, "torchvision", weights_entry(n).path) for n in TORCHVISION_WEIGHTS]
+    rows += [_listing_row(medicalnet_name(d), "medicalnet", medicalnet_entry(d).path) for d in MEDICALNET_DEPTHS]
     weights_dir = ultralytics_weights_dir()
     others = sorted(p.name for p in weights_dir.glob("*.pt")) if weights_dir.is_dir() else []
     for name in dict.fromkeys((*ULTRALYTICS_EXAMPLES, *others)):

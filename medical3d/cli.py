@@ -35,29 +35,73 @@ def _console():
     return Console()
 
 
-@app.command(epilog="Example: vsuite med synth data/mri --cases 40 --modality mri --seed 0")
+def _family_choices() -> dict[str, str]:
+    from medical3d.families import family_names
+
+    return {name: name for name in family_names()}
+
+
+FamilyName = StrEnum("FamilyName", _family_choices())
+
+
+def _list_families(value: bool) -> None:
+    """``--list-families``: print the family table and exit before OUT is required."""
+    if not value:
+        return
+    from rich.table import Table
+
+    from medical3d.families import describe_families
+
+    columns = ("name", "modality", "anatomy", "lesion", "acquisition", "storage")
+    table = Table(title="phantom families (vsuite med synth OUT --family NAME)", show_lines=True)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in describe_families():
+        table.add_row(*(row[c] for c in columns))
+    _console().print(table)
+    raise typer.Exit()
+
+
+@app.command(epilog="Example: vsuite med synth data/mri --cases 40 --modality mri --seed 0; "
+                    "vsuite med synth data/brain --family brain_mixed; vsuite med synth --list-families")
 def synth(
     out: Path = typer.Argument(..., help="Output folder (studies/, manifest.csv, cases.jsonl)."),
     cases: int = typer.Option(40, "--cases", min=2, help="Number of studies (half with a lesion)."),
-    modality: Modality = typer.Option(Modality.mri, "--modality", help="Imaging modality of the phantoms."),
+    family: FamilyName = typer.Option("classic", "--family", help="Phantom family: the distribution of anatomy, "
+                                      "lesions, acquisition and storage (see --list-families)."),
+    list_families: bool = typer.Option(False, "--list-families", is_eager=True, callback=_list_families,
+                                       help="Print the phantom families (anatomy, lesion, acquisition, storage) "
+                                       "and exit."),
+    modality: Modality = typer.Option(None, "--modality", help="Imaging modality of the phantoms (default: the "
+                                      "family's; only classic renders both, default mri)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same studies."),
     size: int = typer.Option(None, "--size", min=16, help="Voxels per axis (e.g. 32 for tests); default: "
                              "clinical spacings."),
-    lesion_min: float = typer.Option(2.0, "--lesion-min", min=0.5, help="Smallest lesion radius, mm."),
-    lesion_max: float = typer.Option(6.0, "--lesion-max", min=0.5, help="Largest lesion radius, mm."),
+    lesion_min: float = typer.Option(None, "--lesion-min", min=0.5, help="Smallest lesion radius, mm (default: "
+                                     "the family's; classic 2)."),
+    lesion_max: float = typer.Option(None, "--lesion-max", min=0.5, help="Largest lesion radius, mm (default: "
+                                     "the family's; classic 6)."),
 ) -> None:
-    """Write phantom studies (head/torso, tissue layers, half with a small lesion) and manifest.csv."""
+    """Write phantom studies of one family (head/torso, tissue layers, half with a lesion) and manifest.csv."""
     from rich.table import Table
 
     from common.errors import InputError
+    from medical3d.families import get_family, resolve_modality
     from medical3d.workflows import synth_studies
 
-    if lesion_max < lesion_min:
-        raise InputError(f"--lesion-max {lesion_max} < --lesion-min {lesion_min}")
+    fam = get_family(family.value)
+    mod = resolve_modality(fam, modality.value if modality is not None else None)
+    radius = None
+    if lesion_min is not None or lesion_max is not None:
+        radius = (fam.lesion.radius_mm[0] if lesion_min is None else lesion_min,
+                  fam.lesion.radius_mm[1] if lesion_max is None else lesion_max)
+        if radius[1] < radius[0]:
+            raise InputError(f"--lesion-max {radius[1]} < --lesion-min {radius[0]} (family {fam.name}: "
+                             f"{fam.lesion.radius_mm[0]}-{fam.lesion.radius_mm[1]} mm)")
     console = _console()
-    manifest, counts = synth_studies(out, cases, modality.value, seed, size=size,
-                                     lesion_radius_mm=(lesion_min, lesion_max), console=console)
-    table = Table(title=f"{cases} {modality.value} studies")
+    manifest, counts = synth_studies(out, cases, mod, seed, size=size, lesion_radius_mm=radius, console=console,
+                                     family=fam.name)
+    table = Table(title=f"{cases} {fam.name} {mod} studies")
     table.add_column("label / format")
     table.add_column("studies", justify="right")
     for k in sorted(counts):
@@ -110,12 +154,16 @@ def train(
     """Train a 3D CNN on a manifest; writes run.json, model.onnx, checkpoints/, metrics.json and plots/."""
     from medical3d.config import load_medical_config
     from medical3d.train import train as run_train
-    from medical3d.workflows import print_metrics
+    from medical3d.workflows import print_metrics, print_operating_point, print_tradeoff
 
     console = _console()
     cfg = load_medical_config(config, set_)
     result = run_train(manifest, cfg, out, weights=weights, max_minutes=max_minutes, console=console)
     print_metrics(console, result.metrics["val"], "validation")
+    op = result.metrics.get("operating_point")
+    print_tradeoff(console, result.metrics.get("tradeoff"), "out-of-fold" if op and op["source"] == "kfold"
+                   else "validation")
+    print_operating_point(console, op)
     console.print(f"{result.stopped_reason}; best epoch {result.best_epoch}; threshold "
                   f"{result.decision.threshold:.3f}, temperature {result.decision.temperature:.3f}")
     console.print(f"run: [bold]{out}[/] (run.json, model.onnx, checkpoints/, metrics.json, plots/)")
@@ -128,11 +176,13 @@ def eval_(
     split: Split = typer.Option(Split.test, "--split", help="Manifest split to evaluate (all: every study)."),
     gradcam: int = typer.Option(None, "--gradcam", min=0, help="Grad-CAM volumes to write (default: config)."),
 ) -> None:
-    """AUROC, accuracy, sensitivity/specificity at the run's threshold, confusion matrix, ECE, Grad-CAM."""
+    """AUROC, accuracy, sensitivity/specificity at the run's threshold, confusion matrix, ECE, the trade-off of
+    sensitivity, specificity and REVIEW share per threshold, Grad-CAM."""
     from medical3d.evaluate import evaluate_run
-    from medical3d.workflows import print_metrics
+    from medical3d.workflows import print_metrics, print_tradeoff
 
     console = _console()
     metrics = evaluate_run(run, manifest, split.value, console=console, gradcam_limit=gradcam)
     print_metrics(console, metrics, split.value)
+    print_tradeoff(console, metrics.get("tradeoff"), split.value)
     console.print(f"metrics, predictions, plots and Grad-CAM: [bold]{metrics['out_dir']}[/]")

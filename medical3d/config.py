@@ -122,21 +122,31 @@ class DataConfig(StrictModel):
 
 
 class VerdictConfig(StrictModel):
-    """Positive when p(positive) >= threshold, chosen on validation for ``target_sensitivity``; REVIEW when
-    p lies within ``review_band`` of the threshold and between the validation negatives and positives nearest
-    to it (``medical3d.verdict.review_edges``)."""
+    """Positive when p(positive) >= threshold, chosen for ``target_sensitivity`` on the evidence of
+    ``threshold_from`` (validation, or out-of-fold predictions over train+val: ``medical3d.kfold``); REVIEW when
+    the calibrated chance the call is wrong exceeds ``review_error`` (``medical3d.verdict.uncertainty_edges``), or,
+    with ``review_error`` null, when p lies within ``review_band`` of the threshold and between the evidence
+    negatives and positives nearest to it (``medical3d.verdict.review_edges``). ``confidence``: of the lower bound
+    that says whether the evidence supports the target (``medical3d.operating``)."""
 
     target_sensitivity: float = Field(gt=0, le=1)
     review_band: float = Field(ge=0, lt=0.5)
+    review_error: float | None = Field(gt=0, lt=0.5)
+    threshold_from: Literal["val", "kfold"]
+    folds: int = Field(ge=2, le=20)
+    kfold_budget_share: float = Field(gt=0, lt=1)
+    confidence: float = Field(gt=0, lt=1)
 
 
 class ModelConfig(StrictModel):
-    network: Literal["cnn3d", "densenet121", "resnet18", "resnet34"]
+    network: Literal["cnn3d", "densenet121", "resnet10", "resnet18", "resnet34"]
+    weights: Literal["medicalnet"] | None  # resnet*: MedicalNet 3D weights from the local cache (vsuite weights pull)
     width: int = Field(ge=4)  # cnn3d: channels of the first block (doubles per block)
     dropout: float = Field(ge=0, lt=1)
     norm: Literal["group", "batch", "instance", "none"]  # cnn3d: normalisation after every conv
     # cnn3d: fixed Hessian blob-filter scales (voxels) in front of the network; [] = raw volume only
     blob_scales: list[Annotated[float, Field(gt=0, le=8)]]
+    tta: Literal["none", "flips"]  # test-time augmentation (medical3d.tta): mean logits over flipped views
 
 
 class AugmentConfig(StrictModel):
@@ -156,6 +166,19 @@ class AugmentConfig(StrictModel):
     bias_field_prob: float = Field(ge=0, le=1)
     # MONAI degree-3 fields: 0.03 gives gains of about 0.9-1.45; 0.3 would give up to 30x and wreck the volume.
     bias_field_coeff: float = Field(ge=0, le=0.1)
+    contrast_prob: float = Field(ge=0, le=1)
+    contrast_gamma: float = Field(ge=0, le=0.9)  # gamma drawn in [1 - g, 1 + g] (MONAI RandAdjustContrast)
+    blur_prob: float = Field(ge=0, le=1)
+    blur_sigma: tuple[Annotated[float, Field(gt=0, le=4)], Annotated[float, Field(gt=0, le=4)]]  # voxels, per axis
+    thick_slice_prob: float = Field(ge=0, le=1)
+    thick_slice_max_factor: int = Field(ge=2, le=8)  # slices k = 2..max voxels thick along one random axis
+    polarity_prob: float = Field(ge=0, le=1)  # findings mirrored about the body's median intensity
+
+    @model_validator(mode="after")
+    def _sigma_order(self) -> AugmentConfig:
+        if self.blur_sigma[1] < self.blur_sigma[0]:
+            raise ValueError(f"blur_sigma: upper bound {self.blur_sigma[1]} is below lower bound {self.blur_sigma[0]}")
+        return self
 
 
 class RuntimeConfig(StrictModel):

@@ -26,7 +26,9 @@ from medical3d.config import DEFAULT_CONFIG, MedicalConfig
 from medical3d.data import PreprocessCache
 from medical3d.io import study_id
 from medical3d.models import GRADCAM_LAYERS, build_model
+from medical3d.operating import rule_tradeoff
 from medical3d.train import configure_runtime, load_split_cases, prepare_with_progress
+from medical3d.tta import tta_logits
 from medical3d.verdict import DecisionRule, decision_metrics
 
 
@@ -47,12 +49,14 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, MedicalConfig, Decis
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, arrays: list[np.ndarray], batch_size: int = 4) -> np.ndarray:
-    """(N, C) logits for (1, D, H, W) arrays."""
-    out = []
-    for i in range(0, len(arrays), batch_size):
-        x = torch.from_numpy(np.stack(arrays[i:i + batch_size]))
-        out.append(model(x).float().numpy())
+def predict_logits(model: torch.nn.Module, arrays: list[np.ndarray], batch_size: int = 4, tta: str = "none"
+                   ) -> np.ndarray:
+    """(N, C) logits for (1, D, H, W) arrays; ``tta`` (``cfg.model.tta``): mean logits over ``medical3d.tta``'s
+    views, as the scorer computes them from model.onnx."""
+    def run(x: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(x)).float().numpy()
+
+    out = [tta_logits(run, np.stack(arrays[i:i + batch_size]), tta) for i in range(0, len(arrays), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
 
 
@@ -93,10 +97,12 @@ def evaluate_run(run_dir: Path, manifest: Path, split: str = "test", *, console:
     if not prepared.cases:
         raise InputError(f"{manifest}: every study of split {split!r} failed preprocessing")
     y = np.array([rule.labels.index(c.label) for c in prepared.cases], dtype=np.int64)
-    logits = predict_logits(model, prepared.arrays, cfg.train.batch_size)
+    logits = predict_logits(model, prepared.arrays, cfg.train.batch_size, cfg.model.tta)
     probs = rule.probabilities(logits)
     metrics = decision_metrics(y, probs, rule)
     metrics.update({"split": split, "failed": len(prepared.failures), "manifest": str(manifest)})
+    if len(rule.labels) == 2:  # sensitivity, specificity, REVIEW share per threshold (medical3d.operating)
+        metrics["tradeoff"] = rule_tradeoff(y, probs, rule)
 
     out_dir = Path(run_dir) / "eval" / split
     plots.write_all(out_dir / "plots", y, probs, rule, title=split)

@@ -175,17 +175,40 @@ def _densenet121(cfg: ModelConfig, num_classes: int) -> nn.Module:
 def _resnet(depth: int) -> Callable[[ModelConfig, int], nn.Module]:
     def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
         from monai.networks import nets
+        from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 
-        # pretrained=False: weights never come from the internet, only from --weights PATH.
+        kwargs = {}
+        if cfg.weights == "medicalnet":  # MedicalNet's shortcuts (parameter-free "A" for 18/34): its tensors fit
+            bias_downsample, shortcut = get_medicalnet_pretrained_resnet_args(depth)
+            kwargs = {"shortcut_type": shortcut, "bias_downsample": bias_downsample}
+        # pretrained=False: weights never come from the internet, only from the local cache or --weights PATH.
         return getattr(nets, f"resnet{depth}")(pretrained=False, spatial_dims=3, n_input_channels=1,
-                                               num_classes=num_classes)
+                                               num_classes=num_classes, **kwargs)
 
     return build
+
+
+def load_medicalnet(model: nn.Module, cfg: ModelConfig) -> dict:
+    """MedicalNet's backbone weights from the local cache into a ``resnet*`` built with ``weights: medicalnet``;
+    the classifier head (``fc``) keeps its random start. InputError when the network has none or it is not cached."""
+    from common.weights import medicalnet_state, medicalnet_weights
+
+    if not cfg.network.startswith("resnet"):
+        raise InputError(f"model.weights medicalnet: MedicalNet has 3D ResNets only, not {cfg.network!r}; "
+                         f"set model.network to resnet10, resnet18 or resnet34")
+    depth = int(cfg.network.removeprefix("resnet"))
+    path = medicalnet_weights(depth)
+    state = medicalnet_state(path, depth)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise InputError(f"{path}: does not fit {cfg.network} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return {"loaded": len(state), "path": str(path)}
 
 
 NETWORKS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "cnn3d": _cnn3d,
     "densenet121": _densenet121,
+    "resnet10": _resnet(10),
     "resnet18": _resnet(18),
     "resnet34": _resnet(34),
 }
@@ -193,6 +216,7 @@ NETWORKS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 GRADCAM_LAYERS = {
     "cnn3d": "features.block4",
     "densenet121": "class_layers.relu",
+    "resnet10": "layer4",
     "resnet18": "layer4",
     "resnet34": "layer4",
 }

@@ -23,6 +23,7 @@ from common.results import error_record, now_iso
 from medical3d.config import PreprocessConfig, preprocess_from_metadata
 from medical3d.io import study_id
 from medical3d.preprocess import PreprocessResult, preprocess_study
+from medical3d.tta import TTA_MODES, tta_logits
 from medical3d.verdict import REVIEW, DecisionRule
 
 QA_FIELDS = ("format", "series_uid", "series_choice", "orientation", "oblique_deg", "original_size",
@@ -39,6 +40,7 @@ class StudyScorer:
         meta = self.model.metadata
         self.preprocess = stored_preprocessing(meta, model_path)
         self.rule = DecisionRule.from_metadata(meta, source=f"{model_path} metadata")
+        self.tta = stored_tta(meta, model_path)
         check_model_shapes(self.model, self.rule, self.preprocess)
 
     def score_study(self, path: Path) -> dict:
@@ -50,7 +52,7 @@ class StudyScorer:
             result = preprocess_study(path, self.preprocess)
             stage = "inference"
             t_inf = time.perf_counter()
-            logits = self.model.run(result.array()[None])
+            logits = tta_logits(self.model.run, result.array()[None], self.tta)
             inference_ms = (time.perf_counter() - t_inf) * 1000
             probs = self.rule.probabilities(logits)[0]
         except InputError as exc:
@@ -81,8 +83,8 @@ class StudyScorer:
         }
 
     def predict_array(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, D, H, W) preprocessed volumes -> (B, C) calibrated probabilities."""
-        return self.rule.probabilities(self.model.run(x))
+        """(B, 1, D, H, W) preprocessed volumes -> (B, C) calibrated probabilities (with the run's TTA)."""
+        return self.rule.probabilities(tta_logits(self.model.run, x, self.tta))
 
 
 def stored_preprocessing(meta: dict, model_path: Path) -> PreprocessConfig:
@@ -95,6 +97,14 @@ def stored_preprocessing(meta: dict, model_path: Path) -> PreprocessConfig:
         return preprocess_from_metadata(meta["preprocessing"])
     except InputError as exc:
         raise InputError(f"{model_path}: preprocessing metadata does not validate ({exc})") from None
+
+
+def stored_tta(meta: dict, model_path: Path) -> str:
+    """The run's test-time augmentation (``medical3d.tta``); "none" for models exported before it existed."""
+    mode = meta.get("tta", "none")
+    if mode not in TTA_MODES:
+        raise InputError(f"{model_path}: tta {mode!r} in the metadata is not one of {list(TTA_MODES)}")
+    return mode
 
 
 def check_model_shapes(model: OnnxModel, rule: DecisionRule, prep: PreprocessConfig) -> None:

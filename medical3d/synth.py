@@ -1,37 +1,48 @@
-"""Synthetic CT/MRI studies: head- and torso-like phantoms with tissue layers, half with a small lesion.
+"""Synthetic CT/MRI studies: head- and torso-like phantoms with tissue layers, half with a lesion.
 
-Each phantom is defined analytically in patient (LPS, mm) space and sampled on a scanner grid with its own
-spacing, orientation (axial/coronal/sagittal, RAS or LPS, some oblique) and position, so the data exercise
-the physical-space handling of the pipeline. MRI studies get a smooth multiplicative bias field and Rician
-noise; CT studies are in HU with Gaussian noise. Some studies are written as DICOM series.
+Each phantom is defined analytically in patient (LPS, mm) space (``medical3d.synth_anatomy``) and sampled on a
+scanner grid with its own spacing, orientation (axial/coronal/sagittal, RAS or LPS, some oblique) and position,
+so the data exercise the physical-space handling of the pipeline. MRI studies get a smooth multiplicative bias
+field and Rician noise; CT studies are in HU with Gaussian noise. Some studies are written as DICOM series. A
+phantom family (``medical3d.families``) fixes the distributions; ``classic`` is the original generator.
 
-Deterministic per seed: case ``i`` draws from ``numpy.random.default_rng([seed, i])``.
+Deterministic per seed: case ``i`` draws from ``numpy.random.default_rng([seed, i])`` (other families append their
+salt; a paired family draws the lesion from its own stream, so a normal rendering differs only by the lesion).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from common.errors import InputError
+from medical3d.families import CLASSIC, FORMATS, Acquisition, Family, Kind, Range, get_family, resolve_modality
+from medical3d.synth_anatomy import (
+    CT,
+    MRI,
+    Layer,
+    bias_field,
+    draw,
+    draw_lesion,
+    head_layers,
+    lesion_indicator,
+    rotation,
+    smooth_field,
+    soft_ellipsoid,
+    torso_layers,
+)
 from medical3d.writers import write_dicom_series, write_volume
 
-Kind = Literal["head", "torso"]
-FORMATS = ("dicom", "nii.gz", "nrrd", "mha", "mhd")
-FORMAT_WEIGHTS = (0.3, 0.35, 0.15, 0.1, 0.1)
 LABELS = ("normal", "lesion")
-
-# Tissue intensities: MRI in arbitrary T1-like units, CT in HU.
-MRI = {"air": 0.0, "skin": 520.0, "fat": 820.0, "bone": 130.0, "csf": 260.0, "gm": 470.0, "wm": 660.0,
-       "muscle": 360.0, "viscera": 430.0, "liver": 560.0, "kidney": 610.0, "lung": 40.0}
-CT = {"air": -1000.0, "skin": 40.0, "fat": -95.0, "bone": 850.0, "csf": 8.0, "gm": 40.0, "wm": 28.0,
-      "muscle": 48.0, "viscera": 30.0, "liver": 58.0, "kidney": 35.0, "lung": -820.0}
+FORMAT_WEIGHTS = CLASSIC.storage.weights
+__all__ = ["CT", "FORMATS", "FORMAT_WEIGHTS", "LABELS", "MRI", "CaseSpec", "Grid", "bias_field", "bias_phantom",
+           "render_case", "rotation", "smooth_field", "soft_ellipsoid", "synth_dataset"]
 
 
 @dataclass
@@ -60,6 +71,11 @@ class Grid:
 
 @dataclass
 class CaseSpec:
+    """What was drawn for one study (one row of cases.jsonl). Lesion fields are None for a normal study.
+
+    ``lesion_contrast``: MRI lesion / host intensity, CT lesion - host in HU, before bias and noise.
+    """
+
     index: int
     label: str
     kind: Kind
@@ -73,148 +89,43 @@ class CaseSpec:
     lesion_radius_mm: float | None = None
     path: str = ""
     extra: dict = field(default_factory=dict)
+    family: str = "classic"
+    lesion_shape: str | None = None
+    lesion_sign: str | None = None
+    lesion_contrast: float | None = None
+    lesion_margin_mm: float | None = None
+    lesion_extent_mm: float | None = None
+    host_tissue: str | None = None
 
 
-# ---------------------------------------------------------------- geometry helpers
-
-
-def rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    """A random rotation of at most ``max_deg`` about a random axis (Rodrigues)."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = np.radians(rng.uniform(-max_deg, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-
-
-def soft_ellipsoid(q: np.ndarray, centre: np.ndarray, radii: np.ndarray, edge: float, z_power: float = 2.0
-                   ) -> np.ndarray:
-    """Smooth indicator (0..1) of an axis-aligned (super)ellipsoid in object coordinates ``q`` (3, ...).
-
-    ``z_power`` > 2 flattens the ends along z (a cylinder-like torso). The edge is a logistic ramp of width
-    ``edge`` mm, which gives partial-volume voxels instead of aliasing.
-    """
-    d = [(q[i] - centre[i]) / radii[i] for i in range(3)]
-    rxy2 = d[0] ** 2 + d[1] ** 2
-    if z_power == 2.0:
-        r = np.sqrt(rxy2 + d[2] ** 2)
-    else:
-        r = (rxy2 ** (z_power / 2) + np.abs(d[2]) ** z_power) ** (1.0 / z_power)
-    dist = (r - 1.0) * float(np.min(radii))
-    return (1.0 / (1.0 + np.exp(np.clip(dist / max(edge, 1e-3), -50, 50)))).astype(np.float32)
-
-
-def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], amplitude: float, coarse: int = 5) -> np.ndarray:
-    """A smooth random field of mean ~0 and max |value| ~ ``amplitude`` on ``shape`` (cubic upsampling)."""
-    small = rng.uniform(-1.0, 1.0, size=(coarse,) * 3)
-    zoom = [s / coarse for s in shape]
-    out = ndimage.zoom(small, zoom, order=3, mode="nearest")[tuple(slice(0, s) for s in shape)]
-    return (amplitude * out / max(np.abs(out).max(), 1e-6)).astype(np.float32)
-
-
-def bias_field(points: np.ndarray, centre: np.ndarray, rng: np.random.Generator, strength: float = 0.25
-               ) -> np.ndarray:
-    """Smooth multiplicative MRI bias ``exp(a.u + u^T B u)`` over physical points (3, ...), u in 100 mm units."""
-    u = (points - centre.astype(np.float32)[:, None, None, None]) / 100.0
-    a = rng.normal(0.0, strength, size=3)
-    b = rng.normal(0.0, strength * 0.6, size=(3, 3))
-    b = (b + b.T) / 2
-    log_b = np.tensordot(a.astype(np.float32), u, axes=1)
-    for i in range(3):
-        for j in range(3):
-            log_b += np.float32(b[i, j]) * u[i] * u[j]
-    return np.exp(log_b).astype(np.float32)
-
-
-# ---------------------------------------------------------------- anatomy
-
-
-Layer = tuple[str, np.ndarray, np.ndarray, float]  # tissue, centre (mm), radii (mm), z power
-
-
-def _layers_head(rng: np.random.Generator, scale: float) -> tuple[list[Layer], dict]:
-    """Nested head compartments as (tissue, centre, radii, z_power), outermost first, plus named parts."""
-    outer = np.array([rng.uniform(68, 78), rng.uniform(82, 92), rng.uniform(78, 90)]) * scale
-    t_skin, t_fat, t_bone, t_csf = rng.uniform(2, 3.5), rng.uniform(2.5, 5), rng.uniform(5, 8), rng.uniform(2, 4)
-    c0 = np.zeros(3)
-    brain = outer - (t_skin + t_fat + t_bone + t_csf)
-    wm = brain * rng.uniform(0.68, 0.78)
-    layers = [
-        ("skin", c0, outer, 2.0),
-        ("fat", c0, outer - t_skin, 2.0),
-        ("bone", c0, outer - t_skin - t_fat, 2.0),
-        ("csf", c0, outer - t_skin - t_fat - t_bone, 2.0),
-        ("gm", c0, brain, 2.0),
-        ("wm", c0 + rng.normal(0, 2, 3), wm, 2.0),
-    ]
-    off = rng.uniform(7, 12)
-    vr = np.array([rng.uniform(4, 7), rng.uniform(14, 22), rng.uniform(7, 11)]) * scale
-    for sign in (-1, 1):
-        layers.append(("csf", np.array([sign * off, rng.uniform(-6, 4), rng.uniform(0, 10)]), vr, 2.0))
-    return layers, {"organ": ("wm", c0, wm), "avoid": [(layer[1], layer[2]) for layer in layers[-2:]]}
-
-
-def _layers_torso(rng: np.random.Generator, scale: float, modality: str) -> tuple[list[Layer], dict]:
-    outer = np.array([rng.uniform(78, 90), rng.uniform(56, 68), rng.uniform(80, 90)]) * scale
-    t_skin, t_fat, t_muscle = rng.uniform(2, 3), rng.uniform(7, 14), rng.uniform(7, 11)
-    c0 = np.zeros(3)
-    cavity = outer - (t_skin + t_fat + t_muscle)
-    liver_c = np.array([-cavity[0] * rng.uniform(0.35, 0.45), -cavity[1] * rng.uniform(0.05, 0.2),
-                        rng.uniform(-10, 10)])
-    liver_r = np.array([cavity[0] * rng.uniform(0.45, 0.55), cavity[1] * rng.uniform(0.6, 0.72),
-                        cavity[2] * rng.uniform(0.45, 0.6)])
-    layers = [
-        ("skin", c0, outer, 4.0),
-        ("fat", c0, outer - t_skin, 4.0),
-        ("muscle", c0, outer - t_skin - t_fat, 4.0),
-        ("viscera", c0, cavity, 4.0),
-        ("liver", liver_c, liver_r, 2.0),
-        ("bone", np.array([0.0, cavity[1] * 0.8, 0.0]), np.array([11.0, 11.0, cavity[2] + 5]) * scale, 4.0),
-    ]
-    kid_r = np.array([rng.uniform(18, 24), rng.uniform(14, 18), rng.uniform(28, 36)]) * scale
-    layers.append(("kidney", np.array([cavity[0] * 0.45, cavity[1] * 0.5, rng.uniform(-30, -15)]), kid_r, 2.0))
-    if modality == "ct" or rng.random() < 0.5:
-        lung_r = np.array([cavity[0] * 0.35, cavity[1] * 0.6, cavity[2] * 0.3])
-        for sign in (-1, 1):
-            layers.append(("lung", np.array([sign * cavity[0] * 0.45, -cavity[1] * 0.05, cavity[2] * 0.75]),
-                           lung_r, 2.0))
-    return layers, {"organ": ("liver", liver_c, liver_r), "avoid": []}
-
-
-def _lesion_site(rng: np.random.Generator, parts: dict, radius: float) -> np.ndarray:
-    """A point well inside the target organ, clear of the structures in ``parts['avoid']``."""
-    _, centre, radii = parts["organ"]
-    for _ in range(200):
-        v = rng.normal(size=3)
-        v *= rng.uniform(0.0, 0.7) / np.linalg.norm(v)
-        p = centre + v * radii
-        if all(np.linalg.norm((p - c) / (r + radius + 3.0)) > 1.0 for c, r in parts["avoid"]):
-            return p
-    return centre.copy()
+def _stream(seed: int, family: Family, *parts: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *parts, *([family.salt] if family.salt else [])])
 
 
 # ---------------------------------------------------------------- grids
 
 
-def _base_direction(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+def _base_direction(rng: np.random.Generator, acq: Acquisition) -> tuple[np.ndarray, str]:
     """A scanner orientation: axial, coronal or sagittal slices, any signs; columns are the axis directions."""
-    plane = rng.choice(["axial", "axial", "coronal", "sagittal"])
+    plane = rng.choice(list(acq.planes))
     perm = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}[plane]
     d = np.zeros((3, 3))
     signs = rng.choice([-1.0, 1.0], size=3)
-    if plane == "axial" and rng.random() < 0.6:
-        signs = np.array([1.0, 1.0, 1.0]) if rng.random() < 0.5 else np.array([-1.0, -1.0, 1.0])  # LPS or RAS
+    if plane == "axial" and rng.random() < acq.standard_prob:
+        lps = rng.random() < 1.0 - acq.ras_prob
+        signs = np.array([1.0, 1.0, 1.0]) if lps else np.array([-1.0, -1.0, 1.0])  # LPS or RAS
     for col, row in enumerate(perm):
         d[row, col] = signs[col]
     return d, str(plane)
 
 
-def _grid(rng: np.random.Generator, half_extent: float, size: int | None, dicom: bool, oblique_prob: float
+def _grid(rng: np.random.Generator, half_extent: float, size: int | None, dicom: bool, acq: Acquisition
           ) -> tuple[Grid, float]:
-    direction, _ = _base_direction(rng)
+    """A scanner grid around the body; axis 2 is the slice axis (thick in anisotropic families)."""
+    direction, _ = _base_direction(rng, acq)
     oblique = 0.0
-    if rng.random() < oblique_prob:
-        rot = rotation(rng, 25.0)
+    if rng.random() < acq.oblique_prob:
+        rot = rotation(rng, acq.oblique_max_deg)
         direction = rot @ direction
         oblique = float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
     if dicom and np.linalg.det(direction) < 0:
@@ -222,8 +133,9 @@ def _grid(rng: np.random.Generator, half_extent: float, size: int | None, dicom:
     extent = 2 * half_extent * rng.uniform(1.02, 1.12)
     if size is not None:
         spacing = extent / size * rng.uniform(0.92, 1.08, size=3)
+        spacing[2] *= draw(rng, acq.size_slice_ratio)
     else:
-        spacing = np.array([rng.uniform(1.4, 2.4)] * 2 + [rng.uniform(2.0, 4.0)])
+        spacing = np.array([draw(rng, acq.inplane_mm)] * 2 + [draw(rng, acq.slice_mm)])
         spacing[1] = spacing[0] * rng.uniform(0.95, 1.05)
     n = np.maximum(np.ceil(extent / spacing), 8).astype(int)
     centre = np.array([rng.uniform(-20, 20), rng.uniform(-30, 10), rng.uniform(-60, 60)])
@@ -236,22 +148,10 @@ def _grid(rng: np.random.Generator, half_extent: float, size: int | None, dicom:
 # ---------------------------------------------------------------- rendering
 
 
-def render_case(index: int, seed: int, label: str, modality: str, *, kind: Kind | None = None,
-                size: int | None = None, lesion_radius_mm: tuple[float, float] = (2.0, 6.0),
-                dicom: bool = False, oblique_prob: float = 0.3) -> tuple[sitk.Image, CaseSpec]:
-    """Render one study. ``size`` (voxels per axis) overrides the clinical spacing ranges (tests: 32)."""
-    rng = np.random.default_rng([seed, index])
-    drawn: Kind = "head" if rng.random() < 0.5 else "torso"
-    kind = kind or drawn
-    tissue = MRI if modality == "mri" else CT
-    scale = rng.uniform(0.9, 1.05)
-    if kind == "head":
-        layers, parts = _layers_head(rng, scale)
-    else:
-        layers, parts = _layers_torso(rng, scale, modality)
-    half = float(max(np.max(r + np.abs(c)) for _, c, r, _ in layers)) + 6.0
-    grid, oblique = _grid(rng, half, size, dicom, oblique_prob)
-
+def _paint_body(rng: np.random.Generator, grid: Grid, layers: list[Layer], tissue: dict[str, float], modality: str
+                ) -> tuple[np.ndarray, dict]:
+    """The body on ``grid`` (float32 z, y, x) with a smooth texture, and the object frame: ``q`` object
+    coordinates of every voxel, ``pts`` physical ones, ``rot``/``centre`` object to patient, ``edge`` mm."""
     obj_rot = rotation(rng, 10.0)
     obj_centre = grid.origin + grid.direction @ (np.asarray(grid.spacing) * (np.asarray(grid.size) - 1) / 2)
     obj_centre = obj_centre + rng.uniform(-6, 6, size=3)
@@ -266,68 +166,111 @@ def render_case(index: int, seed: int, label: str, modality: str, *, kind: Kind 
     texture = 1.0 + smooth_field(rng, img.shape, 0.04)
     body = img > (tissue["air"] + 50 if modality == "ct" else 50.0)
     img = np.where(body, img * texture if modality == "mri" else img + 25 * (texture - 1) / 0.04, img)
+    return img, {"q": q, "pts": pts, "rot": obj_rot, "centre": obj_centre, "edge": edge}
 
-    spec_lesion = None
-    if label == "lesion":
-        radius = float(rng.uniform(*lesion_radius_mm))
-        site = _lesion_site(rng, parts, radius)
-        organ_value = tissue[parts["organ"][0]]
-        # Hyperintense, as FLAIR/T2 lesions or enhancing lesions are: 1.7-2.2x the host tissue on MRI,
-        # +50-80 HU on CT.
-        if modality == "mri":
-            value = organ_value * rng.uniform(1.7, 2.2)
-        else:
-            value = organ_value + rng.uniform(50.0, 80.0)
-        m = soft_ellipsoid(q, site, np.full(3, radius), edge)
-        img += m * (value - img)
-        spec_lesion = (obj_centre + obj_rot @ site, radius)
 
+def _acquire(rng: np.random.Generator, img: np.ndarray, frame: dict, tissue: dict[str, float], modality: str,
+             acq: Acquisition) -> np.ndarray:
+    """Scanner effects: MRI bias field and Rician noise, CT Gaussian noise; int16 like a stored study."""
     if modality == "mri":
-        img *= bias_field(pts, obj_centre, rng, strength=rng.uniform(0.15, 0.3))
-        sigma = 0.02 * tissue["wm"]
+        img *= bias_field(frame["pts"], frame["centre"], rng, strength=draw(rng, acq.bias))
+        sigma = draw(rng, acq.mri_noise) * tissue["wm"]
         img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
     else:
-        img = img + rng.normal(0, 7.0, img.shape)
-    arr = np.clip(np.rint(img), -32768, 32767).astype(np.int16)
+        img = img + rng.normal(0, draw(rng, acq.ct_noise_hu), img.shape)
+    return np.clip(np.rint(img), -32768, 32767).astype(np.int16)
 
-    image = grid.image(arr)
+
+def render_case(index: int, seed: int, label: str, modality: str | None = None, *, kind: Kind | None = None,
+                size: int | None = None, lesion_radius_mm: Range | None = None, dicom: bool = False,
+                oblique_prob: float | None = None, family: str | Family = "classic") -> tuple[sitk.Image, CaseSpec]:
+    """Render one study of ``family``. ``size`` (voxels per axis) overrides the clinical spacing ranges (tests:
+    32); ``lesion_radius_mm`` and ``oblique_prob`` override the family's (None: the family's own)."""
+    fam = get_family(family)
+    modality = resolve_modality(fam, modality)
+    acq = fam.acquisition if oblique_prob is None else replace(fam.acquisition, oblique_prob=oblique_prob)
+    rng = _stream(seed, fam, index)
+    drawn: Kind = "head" if rng.random() < 0.5 else "torso"
+    kind = kind or (drawn if drawn in fam.anatomy.kinds else fam.anatomy.kinds[0])
+    tissue = MRI if modality == "mri" else CT
+    scale = draw(rng, fam.anatomy.scale)
+    if kind == "head":
+        layers, parts = head_layers(rng, scale, fam.anatomy.head)
+    else:
+        layers, parts = torso_layers(rng, scale, fam.anatomy.torso, modality)
+    half = float(max(np.max(r + np.abs(c)) for _, c, r, _ in layers)) + 6.0
+    grid, oblique = _grid(rng, half, size, dicom, acq)
+    img, frame = _paint_body(rng, grid, layers, tissue, modality)
+
+    lesion = None
+    if label == "lesion":
+        lesion_rng = _stream(seed, fam, index, 11) if fam.paired else rng
+        lesion = draw_lesion(lesion_rng, fam.lesion, parts, tissue, modality, lesion_radius_mm or fam.lesion.radius_mm)
+        m = lesion_indicator(frame["q"], lesion, frame["edge"])
+        img += m * (lesion.value - img)
+    arr = _acquire(rng, img, frame, tissue, modality, acq)
+
     spec = CaseSpec(
         index=index, label=label, kind=kind, modality=modality, format="dicom" if dicom else "",
         spacing=list(grid.spacing), size=list(grid.size),
         orientation=sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(grid.direction.ravel().tolist()),
-        oblique_deg=round(oblique, 2),
-        lesion_center_mm=[round(float(v), 2) for v in spec_lesion[0]] if spec_lesion else None,
-        lesion_radius_mm=round(spec_lesion[1], 2) if spec_lesion else None,
+        oblique_deg=round(oblique, 2), family=fam.name,
     )
-    return image, spec
+    if lesion is not None:
+        centre = frame["centre"] + frame["rot"] @ lesion.centre
+        spec = replace(spec, lesion_center_mm=[round(float(v), 2) for v in centre],
+                       lesion_radius_mm=round(lesion.radius, 2), lesion_shape=lesion.shape, lesion_sign=lesion.sign,
+                       lesion_contrast=round(lesion.contrast, 3), lesion_margin_mm=round(lesion.margin, 2),
+                       lesion_extent_mm=round(lesion.extent, 2), host_tissue=lesion.host)
+    return grid.image(arr), spec
 
 
-def synth_dataset(out: str | Path, cases: int = 40, modality: str = "mri", seed: int = 0, *,
-                  size: int | None = None, lesion_radius_mm: tuple[float, float] = (2.0, 6.0),
-                  dicom_fraction: float | None = None, on_case=None) -> Path:
-    """Write ``cases`` studies under ``out`` plus ``manifest.csv`` (``path,label``) and ``cases.jsonl``.
-
-    Half the studies (rounded down) carry a lesion. ``on_case(spec)`` is called after each study (progress).
-    Returns the manifest path.
-    """
-    out = Path(out)
-    (out / "studies").mkdir(parents=True, exist_ok=True)
-    order = np.random.default_rng([seed, 10**6]).permutation(cases)
+def _labels_and_kinds(cases: int, seed: int, fam: Family) -> tuple[list[str], list[Kind]]:
+    """Half the studies (rounded down) carry a lesion, in a seeded order; body kinds cycle within each label, so
+    the kind says nothing about the label (no shortcut to learn)."""
+    order = _stream(seed, fam, 10**6).permutation(cases)
     labels = ["lesion" if rank < cases // 2 else "normal" for rank in np.argsort(order)]
-    # Body kind alternates within each label, so kind says nothing about the label (no shortcut to learn).
     seen = {"lesion": 0, "normal": 0}
     kinds: list[Kind] = []
     for lab in labels:
-        kinds.append("head" if (seen[lab] + seed) % 2 == 0 else "torso")
+        kinds.append(fam.anatomy.kinds[(seen[lab] + seed) % len(fam.anatomy.kinds)])
         seen[lab] += 1
-    weights = np.asarray(FORMAT_WEIGHTS)
+    return labels, kinds
+
+
+def _format_weights(fam: Family, dicom_fraction: float | None) -> np.ndarray:
+    weights = np.asarray(fam.storage.weights)
     if dicom_fraction is not None:
-        weights = np.array([dicom_fraction, *list((1 - dicom_fraction) * weights[1:] / weights[1:].sum())])
+        rest = weights[1:] if weights[1:].sum() > 0 else np.ones(len(weights) - 1)
+        weights = np.array([dicom_fraction, *list((1 - dicom_fraction) * rest / rest.sum())])
+    return weights / weights.sum()
+
+
+def synth_dataset(out: str | Path, cases: int = 40, modality: str | None = None, seed: int = 0, *,
+                  family: str | Family = "classic", size: int | None = None, lesion_radius_mm: Range | None = None,
+                  dicom_fraction: float | None = None, on_case=None) -> Path:
+    """Write ``cases`` studies of ``family`` under ``out`` plus ``manifest.csv`` (``path,label``) and
+    ``cases.jsonl`` (one ``CaseSpec`` per study).
+
+    ``modality``: None for the family's own (classic: mri); a modality the family does not render is an
+    ``InputError``. ``lesion_radius_mm`` overrides the family's radius range. Half the studies (rounded down)
+    carry a lesion. ``on_case(spec)`` is called after each study (progress). Returns the manifest path.
+    """
+    fam = get_family(family)
+    modality = resolve_modality(fam, modality)
+    if lesion_radius_mm is not None and not 0 < lesion_radius_mm[0] <= lesion_radius_mm[1]:
+        raise InputError(f"lesion radius range {tuple(lesion_radius_mm)} mm: need 0 < min <= max")
+    if dicom_fraction is not None and not 0.0 <= dicom_fraction <= 1.0:
+        raise InputError(f"dicom_fraction {dicom_fraction}: need a fraction in [0, 1]")
+    out = Path(out)
+    (out / "studies").mkdir(parents=True, exist_ok=True)
+    labels, kinds = _labels_and_kinds(cases, seed, fam)
+    weights = _format_weights(fam, dicom_fraction)
     rows, specs = [], []
     for i in range(cases):
-        fmt = str(np.random.default_rng([seed, i, 7]).choice(FORMATS, p=weights / weights.sum()))
+        fmt = str(_stream(seed, fam, i, 7).choice(FORMATS, p=weights))
         image, spec = render_case(i, seed, labels[i], modality, kind=kinds[i], size=size,
-                                  lesion_radius_mm=lesion_radius_mm, dicom=fmt == "dicom")
+                                  lesion_radius_mm=lesion_radius_mm, dicom=fmt == "dicom", family=fam)
         name = f"case_{i:04d}"
         if fmt == "dicom":
             rel = Path("studies") / name
@@ -367,7 +310,7 @@ def bias_phantom(size: tuple[int, int, int] = (160, 192, 192), spacing: float = 
     grid = Grid(size=tuple(int(v) for v in n), spacing=(spacing,) * 3, direction=np.eye(3),
                 origin=-(n - 1) * spacing / 2)
     pts = grid.points()
-    layers, _ = _layers_head(rng, 1.0)
+    layers, _ = head_layers(rng, 1.0, CLASSIC.anatomy.head)
     half = np.asarray(size) * spacing / 2
     outer = layers[0][2]
     fit = min(1.0, float(np.min((half - 4) / outer)))  # shrink the head to fit the grid

@@ -30,7 +30,8 @@ from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
 from medical3d import plots
-from medical3d.config import AugmentConfig, MedicalConfig, PreprocessConfig, RuntimeConfig
+from medical3d.augment import build_augment
+from medical3d.config import MedicalConfig, PreprocessConfig, RuntimeConfig
 from medical3d.data import (
     Case,
     Prepared,
@@ -41,13 +42,15 @@ from medical3d.data import (
     load_cases,
     prepare_cases,
 )
-from medical3d.models import build_model, load_weights
+from medical3d.models import build_model, load_medicalnet, load_weights
+from medical3d.operating import Evidence, OperatingPoint, choose_operating_point
 from medical3d.preprocess import set_threads
-from medical3d.verdict import DecisionRule, choose_threshold, decision_metrics, review_edges
+from medical3d.verdict import DecisionRule, decision_metrics
 
 if TYPE_CHECKING:
     from common.engine import FitResult
     from common.export import ExportReport
+    from medical3d.kfold import OutOfFold
 
 # ---------------------------------------------------------------- datasets
 
@@ -69,35 +72,6 @@ class VolumeDataset(Dataset):
             x = self.transform(x)
         x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(np.asarray(x))
         return x.float().contiguous(), torch.tensor(self.targets[i], dtype=torch.int64)
-
-
-def build_augment(cfg: AugmentConfig, seed: int) -> Callable | None:
-    """MONAI array transforms for (1, D, H, W) volumes: flips, small affine, bias field, intensity, noise."""
-    if not cfg.enabled:
-        return None
-    from monai.transforms import (
-        Compose,
-        RandAffine,
-        RandBiasField,
-        RandFlip,
-        RandGaussianNoise,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
-
-    rad = float(np.radians(cfg.rotate_deg))
-    transforms = [RandFlip(prob=cfg.flip_prob, spatial_axis=axis) for axis in (0, 1, 2)]
-    transforms += [
-        RandAffine(prob=cfg.affine_prob, rotate_range=(rad, rad, rad), scale_range=(cfg.scale,) * 3,
-                   translate_range=(cfg.translate_vox,) * 3, padding_mode="border", mode="bilinear"),
-        RandBiasField(prob=cfg.bias_field_prob, coeff_range=(0.0, cfg.bias_field_coeff)),
-        RandScaleIntensity(factors=cfg.intensity_scale, prob=cfg.intensity_prob),
-        RandShiftIntensity(offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
-        RandGaussianNoise(prob=cfg.noise_prob, std=cfg.noise_std),
-    ]
-    compose = Compose(transforms)
-    compose.set_random_state(seed=seed)
-    return compose
 
 
 def load_split_cases(manifest: Path, cfg: MedicalConfig) -> tuple[list[Case], list[str]]:
@@ -169,7 +143,8 @@ def make_loaders(prepared: Prepared, by_split: dict[str, list[int]], labels: lis
 
     train_x, train_y = subset("train")
     val_x, val_y = subset("val")
-    train_ds = VolumeDataset(train_x, train_y, build_augment(cfg.augment, cfg.runtime.seed))
+    train_ds = VolumeDataset(train_x, train_y, build_augment(cfg.augment, cfg.runtime.seed,
+                                                               cfg.preprocess.resample.spacing))
     val_ds = VolumeDataset(val_x, val_y)
     gen = torch.Generator().manual_seed(cfg.runtime.seed)
     return Loaders(train=DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen),
@@ -180,6 +155,10 @@ def make_loaders(prepared: Prepared, by_split: dict[str, list[int]], labels: lis
 def build_network(cfg: MedicalConfig, labels: list[str], weights: Path | None, console: Console) -> torch.nn.Module:
     """The configured network, with local pretrained ``weights`` loaded where names and shapes match."""
     model = build_model(cfg.model, len(labels))
+    if cfg.model.weights == "medicalnet":
+        info = load_medicalnet(model, cfg.model)
+        console.print(f"weights: MedicalNet {cfg.model.network} backbone ({info['loaded']} tensors) "
+                      f"from {info['path']}")
     weights_info = load_weights(model, weights) if weights is not None else None
     if weights_info:
         console.print(f"weights: {weights_info['loaded']} tensors loaded from {weights}, "
@@ -206,22 +185,34 @@ class Calibrated:
     val_targets: np.ndarray  # (N,) class indices
     val_probs: np.ndarray  # (N, C) calibrated
     val_metrics: dict
+    operating: OperatingPoint | None = None  # binary: threshold evidence, support report, trade-off
 
 
-def calibrate(result: FitResult, labels: list[str], cfg: MedicalConfig) -> Calibrated:
+def positive_label(cfg: MedicalConfig, labels: list[str]) -> str:
+    return cfg.data.positive_label if cfg.data.positive_label in labels else labels[-1]
+
+
+def calibrate(result: FitResult, labels: list[str], cfg: MedicalConfig, oof: OutOfFold | None = None
+              ) -> Calibrated:
     """Temperature and bias fitted on validation, then (binary) the threshold for the target sensitivity and the
-    REVIEW band edges the validation scores support."""
+    REVIEW band, chosen on the evidence (``medical3d.operating``): the calibrated validation scores, or ``oof``'s
+    calibrated out-of-fold scores over train+val (``medical3d.kfold``)."""
     val_logits, val_targets = result.val_logits, result.val_targets
     temperature, bias = fit_temperature_bias(val_logits, val_targets)
-    positive = cfg.data.positive_label if cfg.data.positive_label in labels else labels[-1]
-    rule = DecisionRule(labels=labels, positive_label=positive, threshold=0.5,
-                        review_band=cfg.verdict.review_band, temperature=temperature, bias=bias)
+    v, binary = cfg.verdict, len(labels) == 2
+    rule = DecisionRule(labels=labels, positive_label=positive_label(cfg, labels), threshold=0.5,
+                        review_band=v.review_band, temperature=temperature, bias=bias,
+                        review_error=v.review_error if binary else None)
     val_probs = rule.probabilities(val_logits)
-    if len(labels) == 2:
-        y_pos, p_pos = val_targets == rule.positive_index, val_probs[:, rule.positive_index]
-        rule.threshold = choose_threshold(y_pos, p_pos, cfg.verdict.target_sensitivity)
-        rule.review_low, rule.review_high = review_edges(y_pos, p_pos, rule.threshold, rule.review_band)
-    return Calibrated(rule, val_targets, val_probs, decision_metrics(val_targets, val_probs, rule))
+    op = None
+    if binary:
+        i = rule.positive_index
+        ev = oof.evidence() if oof is not None else Evidence(val_targets == i, val_probs[:, i], "val")
+        op = choose_operating_point(ev, target=v.target_sensitivity, confidence=v.confidence,
+                                    review_band=v.review_band, review_error=v.review_error,
+                                    positive_label=rule.positive_label, negative_label=labels[1 - i])
+        rule.threshold, rule.review_low, rule.review_high = op.threshold, op.review_low, op.review_high
+    return Calibrated(rule, val_targets, val_probs, decision_metrics(val_targets, val_probs, rule), op)
 
 
 def export_model(model: torch.nn.Module, cfg: MedicalConfig, rule: DecisionRule, out_dir: Path) -> ExportReport:
@@ -229,7 +220,7 @@ def export_model(model: torch.nn.Module, cfg: MedicalConfig, rule: DecisionRule,
     model.eval().cpu()
     size_zyx = tuple(reversed(cfg.preprocess.crop.size))
     meta = {"vertical": "medical3d", "task": "study_classification", **rule.to_dict(),
-            "preprocessing": config_snapshot(cfg.preprocess), "network": cfg.model.network,
+            "preprocessing": config_snapshot(cfg.preprocess), "network": cfg.model.network, "tta": cfg.model.tta,
             "input_layout": "NCDHW, D/H/W = z/y/x of the preprocessed volume"}
     # rtol 1e-3: the blob filter's closed-form eigenvalues (acos) round differently in onnxruntime; 1e-4 of a
     # logit is far below anything a probability or a verdict can show
@@ -237,10 +228,17 @@ def export_model(model: torch.nn.Module, cfg: MedicalConfig, rule: DecisionRule,
 
 
 def training_metrics(cal: Calibrated, result: FitResult, cfg: MedicalConfig, by_split: dict[str, list[int]],
-                     prepared: Prepared, export: ExportReport, t_start: float) -> dict:
-    """metrics.json: validation metrics at the chosen rule, the fit's history, splits, failures, ONNX parity."""
+                     prepared: Prepared, export: ExportReport, t_start: float, oof: OutOfFold | None = None
+                     ) -> dict:
+    """metrics.json: validation metrics at the chosen rule; the operating point (threshold evidence, whether it
+    supports the target, REVIEW share and errors in REVIEW) and the trade-off on that evidence; with k-fold the
+    fold models and every out-of-fold score; the fit's history, splits, failures, ONNX parity."""
+    op = cal.operating
     return {
         "val": cal.val_metrics,
+        "operating_point": op.report if op else None,
+        "tradeoff": op.tradeoff if op else None,
+        "kfold": oof.report(prepared) if oof is not None else None,
         "fit": {"best_epoch": result.best_epoch, "best_metric": result.best_metric,
                 "monitor": cfg.train.monitor, "stopped_reason": result.stopped_reason,
                 "epochs_run": len(result.history), "history": result.history},
@@ -261,21 +259,37 @@ def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | 
     cache = resolve_cache(cfg)
     prepared = prepare_with_progress(cases, cfg.preprocess, cache, console)
     by_split = split_indices(prepared, manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+    oof = None
+    if cfg.verdict.threshold_from == "kfold" and len(labels) == 2:
+        from medical3d.kfold import out_of_fold  # imports this module
+
+        oof = out_of_fold(prepared, by_split, labels, positive_label(cfg, labels), cfg, out_dir, weights=weights,
+                          budget_s=max_minutes * 60 * cfg.verdict.kfold_budget_share if max_minutes else None,
+                          device=device, console=console)
+        seed_everything(cfg.runtime.seed)  # the final model starts as it would with threshold_from=val
+    elif cfg.verdict.threshold_from == "kfold":
+        console.print(f"[yellow]verdict.threshold_from=kfold: {len(labels)} classes have no threshold; no folds[/]")
     loaders = make_loaders(prepared, by_split, labels, cfg)
     model = build_network(cfg, labels, weights, console)
-    out_dir.mkdir(parents=True, exist_ok=True)
     snapshot = config_snapshot(cfg)
-    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
     result = fit(model, loaders.train, loaders.val, cfg.train, out_dir / "checkpoints", labels,
                  config_snapshot=snapshot, deadline=deadline, device=device, class_counts=loaders.class_counts,
                  console=console, description="train medical3d")
-    cal = calibrate(result, labels, cfg)
+    if cfg.model.tta != "none":  # calibrate the logits the scorer will produce: the mean over the TTA views
+        from medical3d.evaluate import predict_logits  # imports this module
+
+        result.val_logits = predict_logits(model.eval().cpu(), [prepared.arrays[i] for i in by_split["val"]],
+                                           cfg.train.batch_size, cfg.model.tta)
+    cal = calibrate(result, labels, cfg, oof)
     export = export_model(model, cfg, cal.rule, out_dir)
     plots.write_all(out_dir / "plots", cal.val_targets, cal.val_probs, cal.rule, title="validation")
-    metrics = training_metrics(cal, result, cfg, by_split, prepared, export, t_start)
+    metrics = training_metrics(cal, result, cfg, by_split, prepared, export, t_start, oof)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     write_run_json(out_dir, vertical="medical3d", labels=labels, config=snapshot,
-                   data_fingerprint=data_fingerprint(prepared.cases, cache), metrics={"val": cal.val_metrics},
+                   data_fingerprint=data_fingerprint(prepared.cases, cache),
+                   metrics={k: metrics[k] for k in ("val", "operating_point", "tradeoff")},
                    positive_label=cal.rule.positive_label, model="model.onnx", checkpoints="checkpoints",
                    manifest=str(manifest), splits=metrics["splits"], failures=prepared.failures,
                    weights=str(weights) if weights else None, stopped_reason=result.stopped_reason,

@@ -1,11 +1,15 @@
 """From logits to calibrated probabilities and a verdict: positive, negative or REVIEW; how a run chooses its rule.
 
 Binary runs: ``positive`` when p(positive) >= the band's upper edge, ``negative`` when p < its lower edge,
-``REVIEW`` in between. The threshold is chosen on validation for a target sensitivity; the band is the config's
-``review_band`` either side of it, narrowed to the validation evidence (``review_low``/``review_high``): a score
-at or below a validation negative that sits under the threshold is not uncertain, nor one at or above a validation
-positive over it. With more than two classes the verdict is the top label, or REVIEW when the top probability is
-below ``1 - review_band``.
+``REVIEW`` in between. The threshold is chosen on the evidence (validation, or out-of-fold predictions over
+train+val: ``medical3d.operating``) for a target sensitivity. The band comes from the calibrated uncertainty
+(``review_error`` e, ``uncertainty_edges``): with calibrated p a negative call (p < t) is wrong with probability
+about p and a positive call with about 1 - p, so a study goes to REVIEW when that chance exceeds e: the band is
+[min(e, t), max(1 - e, t)]. Runs without ``review_error`` (null, or older runs) use ``review_band`` either side of
+the threshold, narrowed to the evidence (``review_edges``): a score at or below an evidence negative under the
+threshold is not uncertain, nor one at or above an evidence positive over it. Either way the edges are stored as
+``review_low``/``review_high``, so the scorer applies them without knowing how they were chosen. With more than two
+classes the verdict is the top label, or REVIEW when the top probability is below ``1 - review_band``.
 
 Fail safe: a rule read back from metadata is validated (``from_metadata``), and a study whose probabilities are not
 finite (NaN/inf logits) is REVIEW, with no predicted label: the model gave no answer to judge.
@@ -36,6 +40,7 @@ class DecisionRule:
     bias: list[float] | None = None  # per-class logit offset fitted with T (None/absent: zeros, older runs)
     review_low: float | None = None  # REVIEW band edges (None/absent: threshold -/+ review_band, older runs)
     review_high: float | None = None
+    review_error: float | None = None  # calibrated error chance above which a call is REVIEW (None: review_band)
 
     @property
     def band(self) -> tuple[float, float]:
@@ -55,7 +60,7 @@ class DecisionRule:
         Absent keys take the defaults older runs relied on; present ones must make sense, or an ``InputError``
         names ``source`` and the key: labels a list of >= 2 unique strings, positive_label one of them, threshold
         and the band edges finite in [0, 1] with review_low <= threshold <= review_high, review_band finite in
-        [0, 1], temperature finite > 0, bias one finite number per label.
+        [0, 1], review_error finite in [0, 0.5], temperature finite > 0, bias one finite number per label.
         """
         labels = meta.get("labels")
         if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels)
@@ -85,7 +90,8 @@ class DecisionRule:
                    review_band=number("review_band", 0.0, 0), temperature=number("temperature", 1.0, 0, np.inf,
                                                                                  above=True),
                    bias=[float(b) for b in bias] if bias is not None else None,
-                   review_low=number("review_low", None, 0), review_high=number("review_high", None, 0))
+                   review_low=number("review_low", None, 0), review_high=number("review_high", None, 0),
+                   review_error=number("review_error", None, 0, 0.5))
         low, high = rule.band
         if not low <= rule.threshold <= high:
             raise InputError(f"{source}: the REVIEW band [{low:g}, {high:g}] (review_low, review_high) must hold the "
@@ -95,7 +101,7 @@ class DecisionRule:
     def to_dict(self) -> dict:
         return {"labels": self.labels, "positive_label": self.positive_label, "threshold": self.threshold,
                 "review_band": self.review_band, "temperature": self.temperature, "bias": self.bias,
-                "review_low": self.review_low, "review_high": self.review_high}
+                "review_low": self.review_low, "review_high": self.review_high, "review_error": self.review_error}
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(N, C) logits -> (N, C) calibrated probabilities, ``softmax(logits / T + bias)``. A row with any NaN or
@@ -160,14 +166,14 @@ def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, target_sensitivity: f
 
 
 def review_edges(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float, band: float) -> tuple[float, float]:
-    """REVIEW band ``threshold -/+ band`` narrowed to what validation shows: the lower edge is raised to the highest
-    validation negative below the threshold, the upper edge lowered to the lowest validation positive at or above
-    it. A study scoring like the validation normals is not uncertain just because the model gives all normals one
-    score that happens to lie within ``band`` of the threshold. Studies between the two groups, where validation
-    has no evidence, stay REVIEW."""
+    """REVIEW band ``threshold -/+ band`` narrowed to what the evidence shows: the lower edge is raised to the highest
+    evidence negative below the threshold, the upper edge lowered to the lowest evidence positive at or above it.
+    A study scoring like the validation normals is not uncertain just because the model gives all normals one
+    score that happens to lie within ``band`` of the threshold. Studies between the two groups, where the evidence
+    has none, stay REVIEW. Edges are kept within [0, 1] (a stored edge outside it would not load back)."""
     y = np.asarray(y_pos, bool)
     p = np.asarray(p_pos, np.float64)
-    low, high = threshold - band, threshold + band
+    low, high = max(threshold - band, 0.0), min(threshold + band, 1.0)
     neg_below = p[~y & (p < threshold)]
     pos_above = p[y & (p >= threshold)]
     if len(neg_below):
@@ -177,9 +183,28 @@ def review_edges(y_pos: np.ndarray, p_pos: np.ndarray, threshold: float, band: f
     return float(min(low, threshold)), float(max(high, threshold))
 
 
+def uncertainty_edges(threshold: float, review_error: float) -> tuple[float, float]:
+    """REVIEW band from calibrated uncertainty: (min(e, t), max(1 - e, t)). A negative call (p < t) is wrong with
+    calibrated probability p, a positive call with 1 - p; the call stands where that chance is at most ``e``
+    (negative for p < e, positive for p >= 1 - e) and goes to REVIEW where it is larger."""
+    return float(min(review_error, threshold)), float(max(1.0 - review_error, threshold))
+
+
+def band_edges(threshold: float, review_band: float, review_error: float | None,
+               y_pos: np.ndarray | None = None, p_pos: np.ndarray | None = None) -> tuple[float, float]:
+    """The REVIEW band a run stores for ``threshold``: ``uncertainty_edges`` with a ``review_error``; else
+    ``threshold -/+ review_band``, narrowed by ``review_edges`` when the evidence (y_pos, p_pos) is given."""
+    if review_error is not None:
+        return uncertainty_edges(threshold, review_error)
+    if y_pos is None or p_pos is None:
+        return float(max(threshold - review_band, 0.0)), float(min(threshold + review_band, 1.0))
+    return review_edges(y_pos, p_pos, threshold, review_band)
+
+
 def decision_metrics(y: np.ndarray, probs: np.ndarray, rule: DecisionRule) -> dict:
     """AUROC, ECE, per-class metrics (argmax) plus accuracy, sensitivity, specificity and the confusion matrix
-    at the run's threshold, and how many studies fall in the REVIEW band."""
+    at the run's threshold, and how many studies fall in the REVIEW band; binary runs also the REVIEW share and
+    ``errors_in_review``, the share of the threshold's wrong calls that the band sends to REVIEW."""
     from common.metrics import binary_rates, classification_metrics  # scikit-learn: off the scorer's import path
 
     labels = rule.labels
@@ -206,4 +231,8 @@ def decision_metrics(y: np.ndarray, probs: np.ndarray, rule: DecisionRule) -> di
         rates = binary_rates(y == rule.positive_index, pred_idx == rule.positive_index)
         out.update({"sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
                     "tp": rates["tp"], "fp": rates["fp"], "tn": rates["tn"], "fn": rates["fn"]})
+        wrong = pred_idx != y
+        in_review = np.array([v == REVIEW for v in verdicts], bool)
+        out.update({"review_share": float(in_review.mean()) if len(y) else None,
+                    "errors_in_review": float(in_review[wrong].mean()) if wrong.any() else None})
     return out

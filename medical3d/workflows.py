@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.errors import InputError
@@ -16,23 +17,29 @@ from medical3d.config import PreprocessConfig
 from medical3d.io import find_studies, study_id
 
 
-def synth_studies(out: Path, cases: int, modality: str, seed: int, *, size: int | None,
-                  lesion_radius_mm: tuple[float, float], console: Console) -> tuple[Path, dict[str, int]]:
-    """``synth_dataset`` with a progress bar; returns the manifest and the number of studies per label / format."""
+def synth_studies(out: Path, cases: int, modality: str | None, seed: int, *, size: int | None,
+                  lesion_radius_mm: tuple[float, float] | None, console: Console, family: str = "classic"
+                  ) -> tuple[Path, dict[str, int]]:
+    """``synth_dataset`` with a progress bar; returns the manifest and the number of studies per label / format.
+
+    ``modality`` / ``lesion_radius_mm`` None: the family's own.
+    """
+    from medical3d.families import get_family, resolve_modality
     from medical3d.synth import synth_dataset
 
+    modality = resolve_modality(get_family(family), modality)
     counts: dict[str, int] = {}
     progress = make_progress(console)
     with progress:
-        task = add_task(progress, f"synth {modality}", total=cases)
+        task = add_task(progress, f"synth {family} {modality}", total=cases)
 
         def on_case(spec) -> None:
             counts[f"{spec.label} / {spec.format}"] = counts.get(f"{spec.label} / {spec.format}", 0) + 1
             progress.update(task, advance=1, info=f"{spec.kind} {spec.orientation}")
             update_rate(progress, task, "study")
 
-        manifest = synth_dataset(out, cases, modality, seed, size=size, lesion_radius_mm=lesion_radius_mm,
-                                 on_case=on_case)
+        manifest = synth_dataset(out, cases, modality, seed, family=family, size=size,
+                                 lesion_radius_mm=lesion_radius_mm, on_case=on_case)
     return manifest, counts
 
 
@@ -87,9 +94,59 @@ def print_metrics(console: Console, m: dict, title: str) -> None:
     def fmt(v: object) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    for key in ("n", "auroc", "accuracy", "sensitivity", "specificity", "ece", "threshold", "temperature", "review"):
+    for key in ("n", "auroc", "accuracy", "sensitivity", "specificity", "ece", "threshold", "temperature", "review",
+                "review_share", "errors_in_review"):
         if key in m:
             table.add_row(key, fmt(m[key]))
     if "confusion_matrix" in m:
         table.add_row("confusion (rows true)", json.dumps(m["confusion_matrix"]))
+    console.print(table)
+
+
+def print_operating_point(console: Console, op: dict | None) -> None:
+    """The threshold's evidence (``medical3d.operating.support_report``): one line of counts and bounds, and the
+    verdict on the target in green, or in yellow when the evidence cannot support it."""
+    if not op:
+        return
+    where = {"kfold": "out-of-fold (train+val)"}.get(op["source"], op["source"])
+    pct = f"{op['confidence'] * 100:g} %"
+
+    def rate(k: str, n: str, bound: str, name: str) -> str:
+        b = op.get(bound)
+        return f"{name} {op[k]}/{op[n]}" + (f" ({pct} lower bound {b:.3f})" if b is not None else "")
+
+    review = ""
+    if op.get("review") is not None:
+        held = f"{op['errors_in_review']:.0%} of the {op['errors']} errors" if op.get("errors") else "no error"
+        review = f"; REVIEW {op['review']:.0%} of studies, holding {held}"
+    line = (f"operating point on {where} evidence ({op['n_pos'] + op['n_neg']} studies): threshold "
+            f"{op['threshold']:.3f}; {rate('caught', 'n_pos', 'sensitivity_bound', 'sensitivity')}, "
+            f"{rate('cleared', 'n_neg', 'specificity_bound', 'specificity')}{review}")
+    console.print(escape(line), soft_wrap=True)
+    style = "green" if op["supported"] else "bold yellow"
+    console.print(f"[{style}]{'' if op['supported'] else 'warning: '}{escape(op['message'])}[/]", soft_wrap=True)
+
+
+def tradeoff_rows_around(rows: list[dict], around: int = 3) -> list[dict]:
+    """The chosen row and up to ``around`` 0.05-grid rows either side of it (rows sorted by threshold)."""
+    shown = [r for r in rows if r.get("grid") or r.get("chosen")]
+    at = next((i for i, r in enumerate(shown) if r.get("chosen")), len(shown) // 2)
+    return shown[max(0, at - around): at + around + 1]
+
+
+def print_tradeoff(console: Console, rows: list[dict] | None, title: str, around: int = 3) -> None:
+    """A compact trade-off table (``medical3d.operating.tradeoff``): rows around the chosen threshold, marked."""
+    if not rows:
+        return
+    table = Table(title=f"{title} trade-off (* = the run's threshold)")
+    for col in ("threshold", "sensitivity", "specificity", "REVIEW share", "errors in REVIEW"):
+        table.add_column(col, justify="right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0%}"
+
+    for r in tradeoff_rows_around(rows, around):
+        mark = "*" if r.get("chosen") else " "
+        table.add_row(f"{mark}{r['threshold']:.3f}", pct(r["sensitivity"]), pct(r["specificity"]), pct(r["review"]),
+                      f"{pct(r['errors_in_review'])} of {r['errors']}", style="bold" if r.get("chosen") else None)
     console.print(table)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 
+from common.rundir import update_run_json
 from common.store import open_store
 from tests.apps.helpers import app_test, errors, make_med_case, no_exception, texts
+from tests.apps.test_med_data import operating_fields
 
 SIGN = "FormSubmitter:med_{}_form-Sign off"
 
@@ -175,3 +177,29 @@ def test_empty_and_garbage_results_files(med_case, app_argv):
     at = app_test("radiology_review.py")
     no_exception(at)
     assert any("garbage.parquet: cannot read results" in e for e in errors(at))
+
+
+def test_operating_point_tab_shows_support_and_tradeoff(med_case, app_argv):
+    app_argv(med_case["run_dir"], "--results", med_case["results"], "--data-root", med_case["root"] / "studies")
+    at = app_test("radiology_review.py")
+    no_exception(at)
+    assert any("carries no trade-off report" in c.value for c in at.caption)  # a run from before the report
+    fields = operating_fields()
+    update_run_json(med_case["run_dir"], **fields)
+    at = app_test("radiology_review.py")
+    no_exception(at)
+    assert errors(at) == []
+    point = fields["metrics"]["operating_point"]
+    assert texts(at.warning) == [point["message"]]  # the evidence cannot support the target: said in yellow
+    assert any(f"{point['review']:.0%} of the evidence" in c for c in texts(at.caption))
+    table = tradeoff_table(at)
+    assert table.loc[table["run's threshold"] == "◀", "threshold"].tolist() == [point["threshold"]]
+    (chart,) = at.get("vega_lite_chart")
+    assert f"run's threshold {point['threshold']:.3f}" in chart.proto.spec  # the dashed rule at the run's threshold
+    at.radio(key="med_tradeoff_source").set_value("eval: test").run()
+    no_exception(at)
+    assert texts(at.warning) == [] and len(tradeoff_table(at)) == 20
+
+
+def tradeoff_table(at):
+    return next(d.value for d in at.dataframe if "run's threshold" in d.value.columns)

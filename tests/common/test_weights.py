@@ -11,7 +11,14 @@ from typer.testing import CliRunner
 
 from common import weights
 from common.errors import InputError
-from tests.common.weights_files import resnet_state, serve, sha256, write_imagenet_cache, write_yolo_checkpoint
+from tests.common.weights_files import (
+    resnet_state,
+    serve,
+    sha256,
+    write_imagenet_cache,
+    write_medicalnet_file,
+    write_yolo_checkpoint,
+)
 
 
 @pytest.fixture
@@ -142,3 +149,23 @@ def test_vsuite_weights_pull_errors_are_one_line(tmp_path):
     out = subprocess.run([vsuite, "weights", "pull", "vgg16"], capture_output=True, text=True,
                          env={"COLUMNS": "200", "PATH": "/usr/bin", "TORCH_HOME": str(tmp_path)})
     assert out.returncode == 2 and "weights 'vgg16': unknown" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_medicalnet_pull_checks_the_backbone_and_the_lookup_stays_offline(torch_home, tmp_path):
+    entry = weights.weights_entry("medicalnet_resnet10")
+    assert entry.url == ("https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet10/resolve/main/"
+                         "resnet_10_23dataset.pth")  # the file MONAI's own loader fetches
+    assert entry.path == torch_home / "hub" / "checkpoints" / "medicalnet" / "resnet_10_23dataset.pth"
+    with pytest.raises(InputError) as err:
+        weights.medicalnet_weights(10)
+    assert str(entry.path) in str(err.value) and "vsuite weights pull medicalnet_resnet10" in str(err.value)
+    served = tmp_path / "served"
+    state = write_medicalnet_file(served / "resnet_10_23dataset.pth", 10, seed=4)
+    write_medicalnet_file(served / "resnet_18_23dataset.pth", 10)  # a resnet10 file under resnet18's name
+    _, what = weights.pull("medicalnet_resnet10", mirror=served.as_uri())
+    assert what.startswith("downloaded from") and weights.medicalnet_weights(10) == entry.path
+    loaded = weights.medicalnet_state(entry.path, 10)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    with pytest.raises(InputError, match="refused, not a MedicalNet resnet18 backbone"):
+        weights.pull("medicalnet_resnet18", mirror=served.as_uri())
+    assert not weights.medicalnet_entry(18).path.exists()

@@ -63,3 +63,22 @@ def serve(directory: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def medicalnet_state(depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded random MedicalNet-shaped resnet``depth`` backbone (MONAI's net built the way MedicalNet trained)."""
+    from monai.networks import nets
+    from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
+
+    torch.manual_seed(seed)
+    bias_downsample, shortcut = get_medicalnet_pretrained_resnet_args(depth)
+    return getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=1, feed_forward=False,
+                                           shortcut_type=shortcut, bias_downsample=bias_downsample).state_dict()
+
+
+def write_medicalnet_file(path: Path, depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Save a backbone as MedicalNet's files hold it: ``{"state_dict": {"module.<name>": tensor}}``."""
+    state = medicalnet_state(depth, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    return state

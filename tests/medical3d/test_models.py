@@ -37,6 +37,31 @@ def test_local_weights_load_matching_tensors_and_skip_the_rest(tmp_path):
         load_weights(dst, tmp_path / "absent.pt")
 
 
+def test_medicalnet_weights_come_from_the_local_cache_into_the_training_network(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from common.export import export_onnx
+    from medical3d.train import build_network
+    from tests.common.weights_files import write_medicalnet_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = load_medical_config(None, ["model.network=resnet10", "model.weights=medicalnet"])
+    quiet = Console(quiet=True)
+    with pytest.raises(InputError, match="vsuite weights pull medicalnet_resnet10"):
+        build_network(cfg, ["lesion", "normal"], None, quiet)
+    cache = tmp_path / "torch" / "hub" / "checkpoints" / "medicalnet" / "resnet_10_23dataset.pth"
+    state = write_medicalnet_file(cache, 10, seed=7)
+    model = build_network(cfg, ["lesion", "normal"], None, quiet)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items())  # every backbone tensor, as in the file
+    assert {k for k in own if k not in state} == {"fc.weight", "fc.bias"}  # only the head starts fresh
+    report = export_onnx(model.eval(), torch.zeros(1, 1, 32, 32, 32), tmp_path / "m.onnx", {}, rtol=1e-3)
+    assert report.max_abs_diff < 1e-3  # MedicalNet's parameter-free shortcuts export too
+    dense = load_medical_config(None, ["model.network=densenet121", "model.weights=medicalnet"])
+    with pytest.raises(InputError, match="MedicalNet has 3D ResNets only"):
+        build_network(dense, ["lesion", "normal"], None, quiet)
+
+
 def _hessian_numpy(a, sigma):
     """Eigenvalues (ascending) of sigma^2 * Hessian with scipy's Gaussian derivatives: the reference."""
     import numpy as np

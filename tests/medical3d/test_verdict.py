@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medical3d.verdict import DecisionRule, choose_threshold, review_edges
+from common.errors import InputError
+from medical3d.verdict import DecisionRule, band_edges, choose_threshold, review_edges, uncertainty_edges
 from tests.medical3d.helpers import LABELS, META
 
 
@@ -58,3 +59,33 @@ def test_decision_rule_never_calls_a_non_finite_row():
 def test_decision_rule_keeps_old_runs_defaults():
     rule = DecisionRule.from_metadata({"labels": LABELS})  # metadata from before thresholds were stored
     assert (rule.positive_label, rule.threshold, rule.review_band, rule.temperature) == ("lesion", 0.5, 0.0, 1.0)
+    assert rule.review_error is None
+
+
+def test_calibrated_band_and_older_metadata():
+    """REVIEW where the calibrated chance of a wrong call exceeds review_error; metadata written before
+    review_error existed loads with its stored edges, and a stored review_error round-trips."""
+    assert uncertainty_edges(0.257, 0.1) == (0.1, 0.9)
+    assert uncertainty_edges(0.05, 0.1) == (0.05, 0.9)  # below e: a negative call is wrong less than e
+    assert uncertainty_edges(0.95, 0.1) == (0.1, 0.95)
+    assert band_edges(0.3, 0.1, 0.1) == (0.1, 0.9) and band_edges(0.3, 0.1, None) == pytest.approx((0.2, 0.4))
+    old = {k: v for k, v in META.items() if k != "review_error"}
+    rule = DecisionRule.from_metadata(old)
+    assert rule.review_error is None and rule.band == (0.45, 0.55)
+    new = DecisionRule(labels=LABELS, positive_label="lesion", threshold=0.257, review_band=0.1, temperature=1.0,
+                       review_low=0.1, review_high=0.9, review_error=0.1)
+    back = DecisionRule.from_metadata(new.to_dict())
+    assert back.review_error == 0.1 and back.band == (0.1, 0.9)
+    probs = np.array([[0.95, 0.05], [0.85, 0.15], [0.2, 0.8], [0.05, 0.95]])
+    assert back.verdicts(probs) == ["negative", "REVIEW", "REVIEW", "positive"]
+    with pytest.raises(InputError, match="review_error 0.7 must be a finite number in"):
+        DecisionRule.from_metadata({**old, "review_error": 0.7})
+
+
+def test_review_edges_stay_within_probabilities():
+    """A low threshold with no evidence negative under it: the edge is 0, not negative, so the rule loads back."""
+    low, high = review_edges(np.array([True, True]), np.array([0.06, 0.9]), 0.05, 0.1)
+    assert (low, high) == (0.0, 0.06)
+    rule = DecisionRule(labels=LABELS, positive_label="lesion", threshold=0.05, review_band=0.1, temperature=1.0,
+                        review_low=low, review_high=high)
+    assert DecisionRule.from_metadata(rule.to_dict()).band == (0.0, 0.06)
