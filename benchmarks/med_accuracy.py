@@ -38,18 +38,16 @@ def family_modality(name: str) -> str:
     return get_family(name).modality
 
 
-def pool(workdir: Path, family: str, role: str, cases: int, seed: int, size: int | None) -> Path:
-    """The manifest of one family's training or test pool, synthesized on first use."""
-    from medical3d.synth import synth_dataset
+def pool(workdir: Path, family: str, role: str, cases: int, seed: int, size: int | None, console) -> Path:
+    """The manifest of one family's training or test pool, synthesized (with progress) on first use."""
+    from medical3d.workflows import synth_studies
 
     name = f"{family}_{role}_{cases}_s{seed}" + ("" if size is None else f"_{size}px")
     out = workdir / "families" / name
     manifest = out / "manifest.csv"
     if not manifest.is_file():
-        t0 = time.perf_counter()
-        synth_dataset(out, cases, family_modality(family), seed + (TEST_SEED_OFFSET if role == "test" else 0),
-                      family=family, size=size)
-        print(f"  synthesized {family} {role}: {cases} studies in {time.perf_counter() - t0:.0f} s", flush=True)
+        synth_studies(out, cases, None, seed + (TEST_SEED_OFFSET if role == "test" else 0), size=size,
+                      lesion_radius_mm=None, console=console, family=family)
     return manifest
 
 
@@ -72,13 +70,14 @@ def stratified_val(rows: list[dict], val_share: float, seed: int) -> list[dict]:
     return out
 
 
-def write_manifest(path: Path, train_families: list[str], test_family: str, args) -> Path:
+def write_manifest(path: Path, train_families: list[str], test_family: str, args, console) -> Path:
     rows = []
     for i, fam in enumerate(train_families):
-        fam_rows = read_rows(pool(args.workdir, fam, "train", args.cases_per_family, args.seed, args.size))
+        fam_rows = read_rows(pool(args.workdir, fam, "train", args.cases_per_family, args.seed, args.size,
+                                  console))
         rows += stratified_val(fam_rows, 0.2, args.seed + i)
-    rows += [{**r, "split": "test"} for r in read_rows(pool(args.workdir, test_family, "test", args.test_cases,
-                                                             args.seed, args.size))]
+    test_pool = pool(args.workdir, test_family, "test", args.test_cases, args.seed, args.size, console)
+    rows += [{**r, "split": "test"} for r in read_rows(test_pool)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["path", "label", "split"])
@@ -107,7 +106,7 @@ def run_one(train_families: list[str], test_family: str, args, console) -> dict:
 
     tag = f"{'+'.join(train_families)}__{test_family}"
     work = args.workdir / "runs" / tag
-    manifest = write_manifest(work / "manifest.csv", train_families, test_family, args)
+    manifest = write_manifest(work / "manifest.csv", train_families, test_family, args, console)
     modality = family_modality(test_family)
     overrides = [f"preprocess.modality={modality}", *args.smoke_overrides, *args.overrides,
                  f"data.cache_dir={args.workdir / 'cache'}", f"runtime.seed={args.seed}"]
