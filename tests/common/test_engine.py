@@ -102,6 +102,22 @@ def test_deadline_fits_the_cosine_cycle_so_the_rate_has_annealed(tmp_path):
     assert res.history[-1]["lr"] > 0.99 * 1e-2
 
 
+def test_patience_waits_for_the_deadline_fitted_cycle_to_anneal(tmp_path):
+    # A rate of 1e-30 leaves every weight as it is, so no epoch after the first improves the validation metric.
+    x, y = blobs(64, 0)
+    train = DataLoader(_SlowBatches(x, y), batch_size=16)  # ~0.25 s per epoch
+    val = DataLoader(TensorDataset(*blobs(32, 1)), batch_size=32)
+    cfg = train_config(epochs=200, t0=200, lr=1e-30, min_lr=0.0, patience=1)
+    # Without a deadline, patience 1 stops the run after its second epoch.
+    res = fit(TinyNet(), train, val, train_config(epochs=6, t0=6, lr=1e-30, min_lr=0.0, patience=1),
+              tmp_path / "a", ["a", "b"])
+    assert res.stopped_reason.startswith("early stop") and len(res.history) == 2
+    # With a deadline the cycle is fitted to it and its high-rate epochs do not count against patience.
+    res = fit(TinyNet(), train, val, cfg, tmp_path / "b", ["a", "b"], deadline=time.monotonic() + 1.5)
+    assert res.stopped_reason == "time budget reached", res.stopped_reason
+    assert len(res.history) >= 3 and res.best_epoch == 1
+
+
 def test_staged_unfreezing_trains_head_first(tmp_path, toy_loaders):
     train, val = toy_loaders
     torch.manual_seed(0)
