@@ -203,16 +203,24 @@ def main() -> None:
     from rich.console import Console
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    rows = [run_one(train, test, args, console) for train, test in plan(args)]
+    runs = plan(args)
+    rows: list[dict] = []
+    for train, test in runs:
+        rows.append(run_one(train, test, args, console))
+        write_report(args, rows, complete=len(rows) == len(runs))  # a sweep cut short keeps the runs it made
     title = (f"medical3d cross-family accuracy ({args.cases_per_family} train+val studies per family, "
              f"{args.test_cases} test, {args.minutes:g} min per run)")
     print_table(rows, console, title)
+    console.print(f"-> {args.out}")
+
+
+def write_report(args, rows: list[dict], complete: bool) -> None:
     report = {"targets": TARGETS, "minutes": args.minutes, "cases_per_family": args.cases_per_family,
               "test_cases": args.test_cases, "seed": args.seed, "smoke": args.smoke, "overrides": args.overrides,
-              "rows": rows, "all_targets_met": all(all(r["targets_met"].values()) for r in rows)}
+              "complete": complete, "rows": rows,
+              "all_targets_met": all(all(r["targets_met"].values()) for r in rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    console.print(f"-> {args.out}")
 
 
 if __name__ == "__main__":
