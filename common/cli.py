@@ -4,7 +4,8 @@ This module knows no vertical. Command groups (``qc``, ``med``, ``app``), batch 
 plug-ins found through entry points declared in pyproject.toml:
 
     vsuite.groups   name -> typer.Typer         (vsuite qc ..., vsuite med ..., vsuite app ...)
-    vsuite.scorers  vertical -> score(run_dir, inputs, out, *, console, run) -> list[dict]
+    vsuite.scorers  vertical -> score(run_dir, inputs, out, *, console, run, options) -> list[dict]
+                    (options: common.scoring.ScoreOptions, the engine and --resume)
     vsuite.demos    vertical -> run_demo(workdir, *, console, minutes) -> dict
 
 ``vsuite weights`` (common.weights) fills and lists the local caches of pretrained weights.
@@ -23,6 +24,7 @@ from rich.table import Table
 from common import __version__
 from common.errors import InputError
 from common.results import display_text
+from common.scoring import DEFAULT_BATCH_SIZE, ENGINES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -88,18 +90,49 @@ def _register_groups() -> None:
             app.add_typer(_not_built(name, "no plug-in installed"), name=name)
 
 
-@app.command(epilog="Example: vsuite score runs/qc-demo parts/ 'line2/*.png' --out scores.parquet")
+@app.command(epilog="Example: vsuite score runs/qc-demo parts/ 'line2/*.png' --out scores.parquet\n\n"
+             "On a Ray cluster: vsuite score runs/qc-demo --inputs-from day.txt --out scores/ --engine ray "
+             "--address HEAD:6379 --resume")
 def score(
     run: Path = typer.Argument(..., help="Run directory (holds run.json and the ONNX models)."),
-    inputs: list[str] = typer.Argument(..., help="Files, folders or globs to score."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output table: .csv, .parquet or .jsonl."),
+    inputs: list[str] | None = typer.Argument(None, help="Files, folders or globs to score (and/or --inputs-from)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output table: .csv, .parquet or .jsonl, or DIR/ for a "
+                            "partitioned Parquet dataset (part-00000.parquet, ...)."),
+    inputs_from: Path | None = typer.Option(None, "--inputs-from", help="A file listing inputs, one per line "
+                                            "(blank lines and # comments skipped)."),
+    engine: str = typer.Option("local", "--engine", help="local (one process) or ray (Ray Data, any Ray cluster)."),
+    address: str | None = typer.Option(None, "--address", help="Ray: an existing cluster (HEAD:6379); "
+                                       "default: start a local one."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray: scoring actors, each holding the loaded run "
+                                       "(default: as many as the CPUs hold)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Ray: inputs per block and batch "
+                                          f"(default {DEFAULT_BATCH_SIZE})."),
+    cpus_per_worker: float | None = typer.Option(None, "--cpus-per-worker", help="Ray: CPUs per scoring actor "
+                                                 "(default 1)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep OUT and score only the inputs it has no record "
+                                "for (a killed job continues where it stopped)."),
 ) -> None:
     """Batch-score files with a trained run; the run's vertical (from run.json) picks the scorer."""
-    from common.results import TABLE_SUFFIXES
     from common.rundir import read_run_json
+    from common.scoring import ScoreOptions, read_inputs_file, resolve_out
 
-    if out.suffix.lower() not in TABLE_SUFFIXES:
-        raise InputError(f"--out {out}: must end in one of {', '.join(TABLE_SUFFIXES)}")
+    out_path, dataset = resolve_out(out)
+    items = list(inputs or [])
+    if inputs_from is not None:
+        items += read_inputs_file(inputs_from)
+    if not items:
+        raise InputError("no inputs: give files, folders or globs, or --inputs-from FILE")
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r}: must be one of {', '.join(ENGINES)}")
+    if engine != "ray":
+        given = [name for name, value in (("--address", address), ("--workers", workers),
+                                          ("--batch-size", batch_size), ("--cpus-per-worker", cpus_per_worker))
+                 if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only with --engine ray")
+    options = ScoreOptions(engine=engine, address=address, workers=workers,  # type: ignore[arg-type]
+                           batch_size=batch_size or DEFAULT_BATCH_SIZE, cpus_per_worker=cpus_per_worker or 1.0,
+                           resume=resume, dataset=dataset)
     run_info = read_run_json(run)
     vertical = run_info["vertical"]
     scorers = _entry_points("vsuite.scorers")
@@ -107,8 +140,8 @@ def score(
         raise InputError(f"{run}/run.json: no scorer installed for vertical {vertical!r}")
     scorer = scorers[vertical].load()
     t0 = time.perf_counter()
-    records = scorer(run, list(inputs), out, console=console, run=run_info)
-    print_score_summary(records, out, time.perf_counter() - t0)
+    records = scorer(run, items, out_path, console=console, run=run_info, options=options)
+    print_score_summary(records, out_path, time.perf_counter() - t0)
 
 
 def print_score_summary(records: list[dict], out: Path, seconds: float) -> None:

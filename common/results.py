@@ -24,6 +24,7 @@ from typing import Any
 from common.errors import InputError
 
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+PART_PREFIX = "part-"  # the part files of a partitioned Parquet dataset (``--out DIR/``)
 
 
 def now_iso() -> str:
@@ -236,12 +237,32 @@ def write_records(records: Iterable[dict], path: Path | str) -> Path:
     return path
 
 
+def dataset_parts(folder: Path | str) -> list[Path]:
+    """The part files of a partitioned Parquet dataset (``part-00000.parquet``, ...) in order. A part being
+    written is a ``.tmp`` until it is complete, so it is never listed half-written."""
+    return sorted(Path(folder).glob(f"{PART_PREFIX}[0-9]*.parquet"))
+
+
+def part_path(folder: Path | str, index: int) -> Path:
+    """Part ``index`` of a partitioned Parquet dataset."""
+    return Path(folder) / f"{PART_PREFIX}{index:05d}.parquet"
+
+
 def read_records(path: Path | str) -> list[dict]:
-    """Read records written by ``write_records`` (JSONL keeps nesting; CSV/Parquet give flat rows)."""
+    """Read records written by ``write_records`` (JSONL keeps nesting; CSV/Parquet give flat rows), or a folder of
+    Parquet parts (``dataset_parts``): their records in part order, columns the union of the parts' columns (a
+    column a part lacks reads as None)."""
     import pandas as pd
 
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        frames = [pd.read_parquet(p) for p in dataset_parts(path)]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return []
+        df = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
+        return df.astype(object).where(df.notna(), None).to_dict(orient="records")
     if suffix == ".jsonl":
         return read_jsonl(path)
     if not path.is_file():
@@ -252,4 +273,5 @@ def read_records(path: Path | str) -> list[dict]:
         df = pd.read_parquet(path)
     else:
         raise InputError(f"{path}: unknown results format (expected {', '.join(TABLE_SUFFIXES)})")
-    return df.where(df.notna(), None).to_dict(orient="records")
+    # As object columns first: a float or (pandas 3) string column keeps NaN where None is asked for.
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")

@@ -1,7 +1,11 @@
 """``vsuite score RUN INPUT... --out FILE`` for industrial_qc runs: files, folders and globs through the ONNX
 pipeline, decoding overlapped with inference (a thread pool decodes ahead; cv2 releases the GIL), one record
 per file, a bad file is an error record. A part-classifier run's FAIL and REVIEW parts get heatmap PNGs in
-``<out-file-stem>_heatmaps/`` beside the output file. No torch on this path."""
+``<out-file-stem>_heatmaps/`` beside the output file. No torch on this path.
+
+With ``--engine ray`` (``common.ray_engine``) decoding runs as Ray tasks (``decode_row``) and scoring in actors
+that each load the run once (``PartScorer``); both engines make every record with ``score_decoded``. The actors
+write heatmaps themselves: on a multi-node cluster the output folder must be on a filesystem every node shares."""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ import stat
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from common.errors import InputError
 from common.inference import share_thread_pool
-from common.progress import add_task, make_progress, update_rate
-from common.results import abs_path, error_record, write_records
+from common.results import abs_path, error_record
+from common.scoring import ScoreJob, ScoreOptions, run_job
 from industrial_qc.data import IMAGE_SUFFIXES
 from industrial_qc.hotfolder import skip_name
 from industrial_qc.images import ImageLimits, read_image
@@ -74,76 +81,129 @@ def _decode(path: Path, limits: ImageLimits):
         return None, f"{path}: {type(exc).__name__}: {exc}", 0.0
 
 
+NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # what a part that could not be decoded carries to the scorer
+
+
+def decode_row(row: dict, limits: ImageLimits) -> tuple[dict, np.ndarray]:
+    """Decode stage of a row ``{"source": absolute path, "heatmap": path or None}`` (a Ray task, or a thread of
+    ``score_files``): ``meta`` (source, heatmap, error or None, decode_ms) and the BGR image (``NO_IMAGE`` when it
+    could not be decoded)."""
+    img, err, ms = _decode(Path(row["source"]), limits)
+    meta = {"source": row["source"], "heatmap": row.get("heatmap"), "error": err, "decode_ms": ms}
+    return meta, (NO_IMAGE if img is None else img)
+
+
+def score_decoded(pipe: Pipeline | PartPipeline, meta: dict, img: np.ndarray) -> dict:
+    """The record of a decoded row (``decode_row``): the pipeline's, or the error record saying why; never raises.
+    Both engines make every record here, so their records are the same."""
+    src = meta["source"]
+    try:
+        if meta["error"] is not None:
+            return error_record(src, meta["error"], file=src, run_id=pipe.run_id)
+        heat = meta.get("heatmap")
+        return part_record(pipe, img, src, meta["decode_ms"], heatmap=(lambda: Path(heat)) if heat else None)
+    except Exception as exc:  # MemoryError and the like: this input's error, not the batch's end
+        return error_record(src, f"{src}: {type(exc).__name__}: {exc}", file=src, run_id=pipe.run_id)
+
+
+class PartScorer:
+    """The scoring actor of ``--engine ray``: loads the run once (``load_pipeline``) and scores decoded rows.
+    ``threads``: ONNX Runtime threads, the CPUs the actor was given."""
+
+    def __init__(self, run_dir: str, run: dict, threads: int | None = None) -> None:
+        share_thread_pool(threads)
+        self.pipe = load_pipeline(Path(run_dir), threads=threads, run=run)
+
+    def score(self, meta: dict, img: np.ndarray) -> dict:
+        return score_decoded(self.pipe, meta, img)
+
+
 def heatmaps_beside(out: Path) -> Path:
-    """Where batch scoring puts a part run's heatmaps: ``<out-file-stem>_heatmaps/`` beside the output file."""
+    """Where batch scoring puts a part run's heatmaps: ``<out-file-stem>_heatmaps/`` beside the output file (or
+    beside the folder of a partitioned Parquet output)."""
     return out.with_name(f"{out.stem}_heatmaps")
 
 
 class HeatmapNames:
-    """Heatmap paths of one scoring pass: ``<stem>.png``, or ``<stem>~<hash of the input path>.png`` for a second
-    input with the same stem. A rerun into the same output writes the same names again (replacing them), where
-    the line, whose records stay, never reuses one."""
+    """Heatmap paths of one scoring pass: ``<stem>.png``, or ``<stem>~<hash of the input path>.png`` for a later
+    input with the same stem. Names are given to every input of the pass in order, FAIL / REVIEW or not, so that
+    they do not depend on verdicts, on the engine, or on which inputs a resumed pass still has to score; a rerun
+    into the same output writes the same names again (replacing them), where the line, whose records stay,
+    never reuses one."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.taken = folder, set()
+    def __init__(self, folder: Path, files: list[Path] | None = None) -> None:
+        self.folder, self.taken, self.names = folder, set(), {}
+        for f in files or []:
+            self.name(f)
 
-    def target(self, path: Path) -> HeatmapTarget:
-        def name() -> Path:
+    def name(self, path: Path) -> Path:
+        key = str(path)
+        if key not in self.names:
             dest, n = f"{path.stem}.png", 0
-            tag = hashlib.sha256(os.fsencode(str(path))).hexdigest()[:8]
+            tag = hashlib.sha256(os.fsencode(key)).hexdigest()[:8]
             while dest in self.taken:
                 n += 1
                 dest = f"{path.stem}~{tag}{f'-{n - 1}' if n > 1 else ''}.png"
             self.taken.add(dest)
-            return self.folder / dest
+            self.names[key] = self.folder / dest
+        return self.names[key]
 
-        return name
+    def target(self, path: Path) -> HeatmapTarget:
+        dest = self.name(path)
+        return lambda: dest
 
 
 def score_files(pipe: Pipeline | PartPipeline, files: list[Path], *, workers: int = 2, on_record=None,
-                heatmaps: Path | None = None) -> list[dict]:
+                heatmaps: Path | HeatmapNames | None = None) -> list[dict]:
     """Records for ``files`` in order; decoding runs ``PREFETCH`` files ahead on a thread pool. ``heatmaps``: the
-    folder a part run's FAIL / REVIEW heatmaps go to."""
+    folder a part run's FAIL / REVIEW heatmaps go to (or the names of a whole pass, ``HeatmapNames``)."""
+    names = HeatmapNames(heatmaps, files) if isinstance(heatmaps, Path) else heatmaps
+    rows = [{"source": str(f), "heatmap": str(names.name(f)) if names is not None else None} for f in files]
     records: list[dict] = []
-    names = HeatmapNames(heatmaps) if heatmaps is not None else None
+    for rec in _score_rows(pipe, rows, workers):
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+    return records
+
+
+def _score_rows(pipe: Pipeline | PartPipeline, rows: list[dict], workers: int = 2):
+    """The local engine: ``decode_row`` ``PREFETCH`` rows ahead on a thread pool (cv2 releases the GIL),
+    ``score_decoded`` in order; yields each record."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        queue: deque[tuple[Path, Future]] = deque()
-        it = iter(files)
-        for f in it:
-            queue.append((f, pool.submit(_decode, f, pipe.limits)))
+        queue: deque[Future] = deque()
+        it = iter(rows)
+        for row in it:
+            queue.append(pool.submit(decode_row, row, pipe.limits))
             if len(queue) >= PREFETCH:
                 break
         while queue:
-            path, fut = queue.popleft()
+            fut = queue.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(_decode, nxt, pipe.limits)))
-            src = str(path)
-            try:
-                img, err, decode_ms = fut.result()
-                rec = error_record(src, err, file=src, run_id=pipe.run_id) if err is not None \
-                    else part_record(pipe, img, src, decode_ms, heatmap=names and names.target(path))
-            except Exception as exc:  # MemoryError and the like: this input's error, not the batch's end
-                rec = error_record(src, f"{src}: {type(exc).__name__}: {exc}", file=src, run_id=pipe.run_id)
-            records.append(rec)
-            if on_record is not None:
-                on_record(rec)
-    return records
+                queue.append(pool.submit(decode_row, nxt, pipe.limits))
+            yield score_decoded(pipe, *fut.result())
 
 
-def score(run_dir: Path, inputs: list[str], out: Path, *, console, run: dict) -> list[dict]:
-    """The ``vsuite.scorers`` entry point: score ``inputs`` with the run, write ``out`` (.csv/.parquet/.jsonl)."""
-    share_thread_pool()  # detector and classifier alternate on one pool: less latency per part
-    pipe = load_pipeline(run_dir, run=run)
-    heatmaps = heatmaps_beside(Path(out)) if isinstance(pipe, PartPipeline) else None
+def score(run_dir: Path, inputs: list[str], out: Path, *, console, run: dict,
+          options: ScoreOptions | None = None) -> list[dict]:
+    """The ``vsuite.scorers`` entry point: score ``inputs`` with the run into ``out`` (.csv/.parquet/.jsonl, or a
+    partitioned Parquet folder), on the engine of ``options`` (default: local, a fresh output); the records of
+    this pass (inputs already in ``out`` are skipped with ``options.resume``)."""
+    options = options or ScoreOptions()
+    out = Path(out)
+    if options.engine == "local":
+        share_thread_pool()  # detector and classifier alternate on one pool: less latency per part
+    pipe = load_pipeline(run_dir, run=run)  # in this process too: a run that cannot load fails before any work
     files, errors = expand_inputs(list(inputs))
-    with make_progress(console) as progress:
-        task = add_task(progress, "score", total=len(files))
+    names = HeatmapNames(heatmaps_beside(out), files) if isinstance(pipe, PartPipeline) else None
+    rows = [{"source": str(f), "heatmap": str(names.name(f)) if names is not None else None} for f in files]
+    threads = max(1, round(options.cpus_per_worker))
+    job = ScoreJob(rows=rows, prepare=partial(decode_row, limits=pipe.limits), scorer=PartScorer,
+                   scorer_args=(str(run_dir), run, threads), first=errors, unit="img")
 
-        def tick(_rec: dict) -> None:
-            progress.update(task, advance=1)
-            update_rate(progress, task, "img")
+    def local(todo: list[dict], emit) -> None:
+        for rec in _score_rows(pipe, todo):
+            emit(rec)
 
-        records = errors + score_files(pipe, files, on_record=tick, heatmaps=heatmaps)
-    write_records(records, out)
-    return records
+    return run_job(job, out, options, console, local)

@@ -6,11 +6,13 @@ temperature, REVIEW band) and turns one study into one record: label, calibrated
 error record, whatever the exception. The metadata is validated when the scorer loads: a run that cannot be judged
 by (NaN threshold, labels that do not fit the model's output, ...) refuses to load. A model answer that is not
 finite is a REVIEW verdict with the reason, never a call. Batch scoring over many inputs is ``medical3d.score``.
+``score_study`` is ``prepare_study`` (read + preprocess, no model) then ``score_prepared`` (inference + record).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from common.results import display_text as shown
 from common.results import error_record, now_iso
 from medical3d.config import PreprocessConfig, preprocess_from_metadata
 from medical3d.io import study_id
-from medical3d.preprocess import PreprocessResult, preprocess_study
+from medical3d.preprocess import preprocess_study
 from medical3d.tta import TTA_MODES, tta_logits
 from medical3d.verdict import REVIEW, DecisionRule
 
@@ -30,6 +32,39 @@ QA_FIELDS = ("format", "series_uid", "series_choice", "orientation", "oblique_de
              "original_spacing", "n4_seconds", "bias_min", "bias_max", "cv_before", "cv_after",
              "foreground_clipped", "preprocess_seconds")
 NON_FINITE = "model output is not finite (NaN or infinite logits): no call can be made, sent to REVIEW"
+
+
+@dataclass
+class PreparedStudy:
+    """A study read and preprocessed, ready for the model (``prepare_study``), or why it is not (``error``).
+
+    ``volume``: (1, D, H, W) float32 network input, None with an error; ``qa``: the preprocessing's QA fields;
+    ``seconds``: time spent reading and preprocessing. The two halves of ``StudyScorer.score_study`` are split here
+    so that batch scoring on Ray preprocesses in tasks and runs only the model in its actors."""
+
+    path: str  # as given (for messages)
+    source: str  # absolute path: the record's ``source``
+    study: str
+    volume: np.ndarray | None
+    qa: dict = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def prepare_study(path: str | Path, cfg: PreprocessConfig) -> PreparedStudy:
+    """Read, validate and preprocess the study at ``path`` with ``cfg``; a failure, whatever the exception, is a
+    ``PreparedStudy`` with ``error`` naming the study and what went wrong."""
+    t0 = time.perf_counter()
+    source, name = source_path(path), study_id(Path(path))
+    try:
+        result = preprocess_study(path, cfg)
+        volume = result.array()
+    except InputError as exc:
+        return PreparedStudy(str(path), source, name, None, error=str(exc), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # one hostile study (SimpleITK, MemoryError, ...) never ends the batch
+        return PreparedStudy(str(path), source, name, None, error=f"{shown(path)}: preprocessing failed "
+                             f"({type(exc).__name__}: {exc})", seconds=time.perf_counter() - t0)
+    return PreparedStudy(str(path), source, name, volume, result.qa, seconds=time.perf_counter() - t0)
 
 
 class StudyScorer:
@@ -45,25 +80,30 @@ class StudyScorer:
 
     def score_study(self, path: Path) -> dict:
         """One record for the study at ``path``; any failure is an error record naming it and what went wrong."""
-        t0 = time.perf_counter()
-        source, name = source_path(path), study_id(Path(path))
-        stage = "preprocessing"
+        return self.score_prepared(prepare_study(path, self.preprocess))
+
+    def score_prepared(self, prep: PreparedStudy) -> dict:
+        """The record of a study read and preprocessed by ``prepare_study``: inference, calibration, verdict; its
+        error record when preparing or inference failed. Never raises."""
+        if prep.error is not None:
+            return error_record(prep.source, prep.error, study=prep.study)
+        t_inf = time.perf_counter()
         try:
-            result = preprocess_study(path, self.preprocess)
-            stage = "inference"
-            t_inf = time.perf_counter()
-            logits = tta_logits(self.model.run, result.array()[None], self.tta)
+            logits = tta_logits(self.model.run, prep.volume[None], self.tta)
             inference_ms = (time.perf_counter() - t_inf) * 1000
             probs = self.rule.probabilities(logits)[0]
         except InputError as exc:
-            return error_record(source, str(exc), study=name)
-        except Exception as exc:  # one hostile study (SimpleITK, MemoryError, onnxruntime, ...) never ends the batch
-            return error_record(source, f"{shown(path)}: {stage} failed ({type(exc).__name__}: {exc})", study=name)
-        return self.study_record(source, name, probs, result, inference_ms, t0)
+            return error_record(prep.source, str(exc), study=prep.study)
+        except Exception as exc:  # onnxruntime, MemoryError, ...: this study's error row, never the batch's end
+            return error_record(prep.source, f"{shown(prep.path)}: inference failed ({type(exc).__name__}: {exc})",
+                                study=prep.study)
+        return self.study_record(prep.source, prep.study, probs, prep.qa, inference_ms,
+                                 prep.seconds + (time.perf_counter() - t_inf))
 
-    def study_record(self, source: str, name: str, probs: np.ndarray, result: PreprocessResult,
-                     inference_ms: float, t0: float) -> dict:
-        """The record of a study that went through: probs (C,) calibrated; non-finite ones make a REVIEW."""
+    def study_record(self, source: str, name: str, probs: np.ndarray, qa: dict, inference_ms: float,
+                     seconds: float) -> dict:
+        """The record of a study that went through: probs (C,) calibrated; non-finite ones make a REVIEW. ``qa``:
+        the preprocessing's QA fields; ``seconds``: preparing plus inference."""
         finite = bool(np.isfinite(probs).all())
         return {
             "source": source,
@@ -76,9 +116,9 @@ class StudyScorer:
             "probabilities": ({label: float(p) for label, p in zip(self.rule.labels, probs, strict=True)}
                               if finite else None),
             "threshold": self.rule.threshold,
-            **{k: result.qa.get(k) for k in QA_FIELDS},
+            **{k: qa.get(k) for k in QA_FIELDS},
             "inference_ms": round(inference_ms, 2),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(seconds, 3),
             "timestamp": now_iso(),
         }
 
