@@ -5,6 +5,12 @@ with warm restarts (with a deadline, the first cycle is fitted to the time left)
 focal loss, gradient clipping, mixed precision on CUDA, early stopping on a validation metric, optional staged
 unfreezing, best/last checkpoints and resume. Losses live in ``common.losses``, the optimizer and schedule in
 ``common.optim``, checkpoint files in ``common.checkpoints``.
+
+Under ``torchrun`` (``common.distributed``) every rank runs ``fit``: DistributedDataParallel on a
+``DistributedSampler`` shard of the training loader (``batch_size`` is per process). Rank 0 alone validates, decides
+(best epoch, early stop, the cycle fitted to the deadline; broadcast to the others), writes checkpoints and prints;
+a deadline one rank passes stops all after that batch. BatchNorm statistics follow rank 0's (DDP broadcasts its
+buffers each step; at the end its best weights and buffers are copied into every rank).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
+from common import distributed
 from common.checkpoints import load_checkpoint, save_checkpoint
 from common.config import Monitor, TrainConfig
 from common.epoch import EvalOutput, default_device, evaluate, train_one_epoch
@@ -38,7 +45,7 @@ class FitResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_reason: str = "completed"
-    val_logits: np.ndarray | None = None
+    val_logits: np.ndarray | None = None  # None on torchrun ranks other than 0 (rank 0 validates)
     val_targets: np.ndarray | None = None
 
 
@@ -110,6 +117,7 @@ class _Stage:
     """The stage being trained: its optimizer and schedule, and a clock for fitting the cycle to a deadline."""
 
     index: int = -1
+    net: nn.Module | None = None  # what trains: the model, or its DistributedDataParallel wrapper under torchrun
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     first_epoch: int = 0  # the scheduler counts epochs from the start of its stage
@@ -143,11 +151,15 @@ def fit(
     ``deadline`` is a ``time.monotonic()`` value: training stops cleanly after the batch that passes it, and
     that partial epoch is still validated and checkpointed. On return the model holds the best weights.
     ``class_counts`` feeds class weighting; without it the dataset's ``targets`` attribute is used if present.
+
+    Under torchrun ``train_loader`` (a DataLoader with a random or sequential sampler) is rebuilt around a
+    ``DistributedSampler``; only rank 0 writes ``out_dir`` or prints, and the other ranks return a result without
+    validation logits.
     """
-    console = console or Console()
+    console = (console or Console()) if distributed.is_main() else Console(quiet=True)
     run = _set_up(model, train_loader, val_loader, cfg, Path(out_dir), labels, device=device,
                   class_counts=class_counts, config_snapshot=config_snapshot, deadline=deadline)
-    tracker = _resume(run, console) if resume and run.last_path.is_file() else _Tracker()
+    tracker = _resume(run, console, resume)
     stopped = _train_epochs(run, tracker, console, description)
     return _finish(run, tracker, stopped)
 
@@ -156,11 +168,15 @@ def _set_up(model: nn.Module, train_loader: Iterable, val_loader: Iterable, cfg:
             labels: list[str], *, device: torch.device | None, class_counts: list[int] | None,
             config_snapshot: dict | None, deadline: float | None) -> _Run:
     """Output folder, device, loss, epoch plan and mixed precision for one ``fit`` call."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     device = device or default_device(model)
     model.to(device)
+    distributed.init(device)  # under torchrun: joins the job (once), whoever called fit
     if class_counts is None:
         class_counts = _dataset_class_counts(train_loader, len(labels))
+    if distributed.active():
+        train_loader = distributed.shard_loader(train_loader)
     return _Run(
         model=model, train_loader=train_loader, val_loader=val_loader, cfg=cfg, labels=labels, device=device,
         out_dir=out_dir, config_snapshot=config_snapshot, deadline=deadline,
@@ -179,9 +195,17 @@ def _dataset_class_counts(loader: Iterable, n_classes: int) -> list[int] | None:
     return np.bincount(np.asarray(targets, dtype=np.int64), minlength=n_classes).tolist()
 
 
-def _resume(run: _Run, console: Console) -> _Tracker:
-    """Weights, history and early-stopping state from ``last.pt``; its optimizer state waits for its stage."""
-    state = load_checkpoint(run.last_path, map_location=run.device)
+def _resume(run: _Run, console: Console, resume: bool) -> _Tracker:
+    """Weights, history and early-stopping state from ``last.pt`` when ``resume`` asks and it exists (a fresh
+    tracker otherwise); its optimizer state waits for its stage. Under torchrun rank 0 reads the file and sends
+    what it holds to the others."""
+    state = None
+    if distributed.is_main() and resume and run.last_path.is_file():
+        # CPU tensors when they travel to other ranks (load_state_dict moves them to each rank's device)
+        state = load_checkpoint(run.last_path, map_location="cpu" if distributed.active() else run.device)
+    state = distributed.broadcast(state)
+    if state is None:
+        return _Tracker()
     run.model.load_state_dict(state["model"])
     tracker = _Tracker(
         start_epoch=int(state["epoch"]) + 1,
@@ -197,7 +221,8 @@ def _resume(run: _Run, console: Console) -> _Tracker:
 
 
 def _train_epochs(run: _Run, tracker: _Tracker, console: Console, description: str) -> str:
-    """Train, validate and checkpoint epoch by epoch until the plan ends or a stop rule fires; returns why."""
+    """Train, validate and checkpoint epoch by epoch until the plan ends or a stop rule fires; returns why.
+    Under torchrun rank 0's fitted cycle and stop travel to the other ranks: their schedules and loops keep step."""
     stage = _Stage()
     with make_progress(console) as progress:
         epoch_task = add_task(progress, description, total=len(run.plan), info="")
@@ -205,12 +230,18 @@ def _train_epochs(run: _Run, tracker: _Tracker, console: Console, description: s
         for epoch in range(tracker.start_epoch, len(run.plan)):
             stage = _enter_stage(run, tracker, stage, epoch)
             tr = _train_epoch(run, stage, epoch, progress)
-            ev = evaluate(run.model, run.val_loader, run.device, run.eval_loss_fn, run.labels)
-            _fit_cycle_to_time_left(run, stage, epoch)
-            improved = _record_epoch(run, tracker, stage, epoch, tr, ev)
-            _save_epoch(run, tracker, stage, epoch, improved)
-            _show_epoch(progress, epoch_task, run.cfg, ev, tracker.best_epoch)
-            stopped = _stop_reason(run, tracker, stage, epoch, tr)
+            cycle, stopped = None, None
+            if distributed.is_main():
+                ev = evaluate(run.model, run.val_loader, run.device, run.eval_loss_fn, run.labels)
+                cycle = _fit_cycle_to_time_left(run, stage, epoch)
+                improved = _record_epoch(run, tracker, stage, epoch, tr, ev)
+                _save_epoch(run, tracker, stage, epoch, improved)
+                _show_epoch(progress, epoch_task, run.cfg, ev, tracker.best_epoch)
+                stopped = _stop_reason(run, tracker, stage, epoch, tr)
+            if distributed.active():
+                cycle, stopped = distributed.broadcast((cycle, stopped))
+                if not distributed.is_main() and cycle is not None:
+                    fit_cycle_to_deadline(stage.scheduler, *cycle)
             if stopped:
                 return stopped
     return "completed"
@@ -223,6 +254,12 @@ def _enter_stage(run: _Run, tracker: _Tracker, stage: _Stage, epoch: int) -> _St
     if index == stage.index:
         return stage
     set_trainable(run.model, trainable)
+    net = run.model
+    if distributed.active():
+        # Wrapped anew per stage: DDP syncs the gradients of the parameters that train when it is built.
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(run.model, device_ids=[run.device] if run.device.type == "cuda" else None)
     optimizer = build_optimizer(run.model, run.cfg, lr)
     scheduler = build_scheduler(optimizer, run.cfg, run.steps)
     state = tracker.resumed
@@ -232,7 +269,7 @@ def _enter_stage(run: _Run, tracker: _Tracker, stage: _Stage, epoch: int) -> _St
             scheduler.load_state_dict(state["scheduler"])
     first = next(i for i, p in enumerate(run.plan) if p[0] == index)
     planned = sum(1 for p in run.plan if p[0] == index)
-    return _Stage(index, optimizer, scheduler, first, planned, clock=time.monotonic())
+    return _Stage(index, net, optimizer, scheduler, first, planned, clock=time.monotonic())
 
 
 def _train_epoch(run: _Run, stage: _Stage, epoch: int, progress: Progress) -> dict:
@@ -243,7 +280,10 @@ def _train_epoch(run: _Run, stage: _Stage, epoch: int, progress: Progress) -> di
         progress.update(batch_task, advance=1, info=f"loss {loss:.4f}")
         update_rate(progress, batch_task, "batch")
 
-    tr = train_one_epoch(run.model, run.train_loader, run.loss_fn, stage.optimizer, device=run.device,
+    sampler = getattr(run.train_loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch, the same on every rank
+        sampler.set_epoch(epoch)
+    tr = train_one_epoch(stage.net, run.train_loader, run.loss_fn, stage.optimizer, device=run.device,
                          scheduler=stage.scheduler, epoch=epoch - stage.first_epoch, grad_clip=run.cfg.grad_clip,
                          scaler=run.scaler, autocast_dtype=run.autocast_dtype, on_batch=on_batch,
                          deadline=run.deadline)
@@ -251,15 +291,19 @@ def _train_epoch(run: _Run, stage: _Stage, epoch: int, progress: Progress) -> di
     return tr
 
 
-def _fit_cycle_to_time_left(run: _Run, stage: _Stage, epoch: int) -> None:
-    """With a deadline, re-fit the stage's first cosine cycle to the time left, at the measured epoch time."""
+def _fit_cycle_to_time_left(run: _Run, stage: _Stage, epoch: int) -> tuple | None:
+    """With a deadline, re-fit the stage's first cosine cycle to the time left, at the measured epoch time.
+    Returns the arguments after the scheduler that ``fit_cycle_to_deadline`` was called with (None: not called),
+    for the other ranks to fit theirs alike."""
     stage.epochs_timed += 1
     cfg = run.cfg
     if run.deadline is None or not cfg.fit_cycle_to_deadline or cfg.scheduler != "cosine_warm_restarts":
-        return
+        return None
     now = time.monotonic()
-    fit_cycle_to_deadline(stage.scheduler, epoch - stage.first_epoch + 1, (now - stage.clock) / stage.epochs_timed,
-                          run.deadline - now, stage.planned)
+    args = (epoch - stage.first_epoch + 1, (now - stage.clock) / stage.epochs_timed, run.deadline - now,
+            stage.planned)
+    fit_cycle_to_deadline(stage.scheduler, *args)
+    return args
 
 
 def _record_epoch(run: _Run, tracker: _Tracker, stage: _Stage, epoch: int, tr: dict, ev: EvalOutput) -> bool:
@@ -330,15 +374,26 @@ def _stop_reason(run: _Run, tracker: _Tracker, stage: _Stage, epoch: int, tr: di
 
 
 def _finish(run: _Run, tracker: _Tracker, stopped: str) -> FitResult:
-    """Reload the best weights (every parameter trainable again) and score the validation set with them."""
-    if not run.best_path.is_file():
+    """Reload the best weights (every parameter trainable again) and score the validation set with them.
+
+    Under torchrun rank 0 reloads them and copies its parameters and buffers into every rank; the other ranks take
+    its history and best epoch, and return no validation logits."""
+    missing = distributed.is_main() and not run.best_path.is_file()
+    if distributed.broadcast(missing):
         # Resumed a run that had already finished: last.pt is all there is.
         raise RuntimeError(f"{run.out_dir}: no best checkpoint written (nothing left to train?)")
-    best = load_checkpoint(run.best_path, map_location=run.device)
-    run.model.load_state_dict(best["model"])
+    if distributed.is_main():
+        best = load_checkpoint(run.best_path, map_location=run.device)
+        run.model.load_state_dict(best["model"])
+    distributed.broadcast_state(run.model)
     for p in run.model.parameters():
         p.requires_grad = True
-    final = evaluate(run.model, run.val_loader, run.device, run.eval_loss_fn, run.labels)
+    if distributed.active():
+        tracker.best_score, tracker.best_epoch, tracker.history = distributed.broadcast(
+            (tracker.best_score, tracker.best_epoch, tracker.history))
     best_metric = tracker.best_score if run.cfg.monitor != "loss" else -tracker.best_score
-    return FitResult(run.best_path, run.last_path, tracker.best_epoch, best_metric, tracker.history, stopped,
-                     final.logits, final.targets)
+    result = FitResult(run.best_path, run.last_path, tracker.best_epoch, best_metric, tracker.history, stopped)
+    if distributed.is_main():
+        final = evaluate(run.model, run.val_loader, run.device, run.eval_loss_fn, run.labels)
+        result.val_logits, result.val_targets = final.logits, final.targets
+    return result

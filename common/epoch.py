@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import distributed
 from common.inference import softmax
 from common.metrics import classification_metrics
 
@@ -52,7 +53,8 @@ def train_one_epoch(
     """One pass over ``loader``. Returns {"loss": mean train loss, "batches": n, "interrupted": bool}.
 
     ``scheduler`` (CosineAnnealingWarmRestarts) is stepped per batch with the fractional epoch.
-    ``deadline`` (time.monotonic) ends the epoch early, after the current batch.
+    ``deadline`` (time.monotonic) ends the epoch early, after the current batch (on every torchrun rank at once).
+    ``model`` may be a DistributedDataParallel wrapper.
     """
     model.train()
     n_batches = len(loader) if hasattr(loader, "__len__") else 0
@@ -75,7 +77,9 @@ def train_one_epoch(
         count += len(y)
         if on_batch is not None:
             on_batch(float(loss.item()))
-        if deadline is not None and time.monotonic() >= deadline:
+        # Under torchrun every rank asks every batch: the first past its deadline stops them all after this batch
+        # (a rank that stopped alone would leave the others waiting for its gradients).
+        if deadline is not None and distributed.any_rank(time.monotonic() >= deadline):
             interrupted = True
             break
     return {"loss": total / max(count, 1), "batches": i + 1 if count else 0, "interrupted": interrupted}

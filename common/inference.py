@@ -68,14 +68,38 @@ def shared_pool_active() -> bool:
 
 
 def available_providers() -> list[str]:
+    """The default providers: CUDA first when onnxruntime-gpu has it, then the CPU."""
     import onnxruntime as ort
 
     have = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
 
 
+PROVIDERS_ENV = "VSUITE_ORT_PROVIDERS"
+
+
+def session_providers() -> list[str]:
+    """The providers sessions use: ``VSUITE_ORT_PROVIDERS`` (a comma list in priority order, e.g.
+    ``TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider``) when set, else
+    ``available_providers()``. A provider this onnxruntime lacks is an InputError naming those it has: asking
+    for a GPU and silently getting the CPU would hide a wrong install."""
+    text = os.environ.get(PROVIDERS_ENV, "").strip()
+    if not text:
+        return available_providers()
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    asked = [p.strip() for p in text.split(",") if p.strip()]
+    missing = [p for p in asked if p not in have]
+    if missing or not asked:
+        problem = f"{', '.join(missing)} not available in this onnxruntime" if missing else "names no provider"
+        raise InputError(f"{PROVIDERS_ENV}={text!r}: {problem}; available: {', '.join(have)}")
+    return list(dict.fromkeys(asked))
+
+
 class OnnxModel:
-    """An ONNX model on onnxruntime (CUDA when available, else CPU) with its metadata decoded.
+    """An ONNX model on onnxruntime (``providers``, else ``session_providers()``: VSUITE_ORT_PROVIDERS, or CUDA when
+    available, else CPU) with its metadata decoded.
 
     ``metadata``: dict from the file's metadata_props, JSON values decoded (labels, thresholds, ...).
     ``run(x)``: x (B, ...) float32 -> first output as a numpy array.
@@ -101,9 +125,9 @@ class OnnxModel:
             opts.add_session_config_entry("session.intra_op.allow_spinning",
                                           os.environ.get("VSUITE_ORT_SPIN", "0"))
         opts.log_severity_level = 3
+        providers = providers or session_providers()
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                providers=providers or available_providers())
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise InputError(f"{self.path}: not a loadable ONNX model ({exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map

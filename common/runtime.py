@@ -45,17 +45,19 @@ def configure_offline() -> None:
 
 def import_ultralytics():
     """Return the ``ultralytics`` module, configured offline, with its settings made network-free."""
+    from common.distributed import hidden_launch_env
+
     if "ultralytics" not in sys.modules:
         configure_offline()
-    import ultralytics
-    from ultralytics.utils import SETTINGS
+    # Under torchrun, Ultralytics would take our RANK/LOCAL_RANK (read once, at import) for its own DDP workers'.
+    with hidden_launch_env():
+        import ultralytics
+        from ultralytics.utils import SETTINGS
 
-    # sync=False stops anonymous analytics; hub/platform integrations off.
-    try:
-        SETTINGS.update({"sync": False, "hub": False, "wandb": False, "comet": False, "clearml": False,
-                         "dvc": False, "mlflow": False, "neptune": False, "raytune": False, "tensorboard": False})
-    except (KeyError, ValueError, TypeError):  # pragma: no cover - settings schema differs across releases
-        SETTINGS.update({"sync": False})
+    # sync=False stops anonymous analytics; hub/platform integrations off (raytune too: with Ray installed it would
+    # import ray.tune into every detector training). Only the keys this release knows: an unknown one raises.
+    off = {"sync", "hub", "wandb", "comet", "clearml", "dvc", "mlflow", "neptune", "raytune", "tensorboard"}
+    SETTINGS.update({key: False for key in off if key in SETTINGS})
     return ultralytics
 
 
@@ -75,9 +77,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def pick_device(preference: DevicePreference | str = "auto") -> torch.device:
-    """CUDA when present (or asked for and present), else CPU. Asking for CUDA without one is an error."""
+    """CUDA when present (or asked for and present), else CPU. Asking for CUDA without one is an error.
+
+    Under torchrun each process takes its own GPU, ``cuda:LOCAL_RANK`` (one process per GPU)."""
     import torch
 
+    from common.distributed import launched, local_rank
     from common.errors import InputError
 
     if preference not in ("auto", "cpu", "cuda"):
@@ -85,6 +90,11 @@ def pick_device(preference: DevicePreference | str = "auto") -> torch.device:
     if preference == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
+        if launched():
+            if local_rank() >= torch.cuda.device_count():
+                raise InputError(f"torchrun LOCAL_RANK {local_rank()} has no GPU: {torch.cuda.device_count()} visible; "
+                                 "start at most one process per GPU (--nproc_per_node)")
+            return torch.device("cuda", local_rank())
         return torch.device("cuda")
     if preference == "cuda":
         raise InputError("device 'cuda' requested but no CUDA device is available")

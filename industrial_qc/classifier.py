@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common import distributed
 from common.calibration import fit_temperature
 from common.checkpoints import load_checkpoint
 from common.engine import fit
@@ -164,7 +165,8 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
                      out_dir: Path, *, deadline: float | None, device: torch.device, seed: int = 0,
                      config_snapshot: dict | None = None, console=None) -> ClassifierResult:
     """Train on ``train_set`` (crops with the 1.5x margin) and pick the best epoch on ``val_set``; fit the
-    temperature on the best model's validation logits."""
+    temperature on the best model's validation logits (under torchrun on rank 0; the others return the trained
+    model with temperature 1 and no metrics)."""
     t0 = time.monotonic()
     if len(train_set) == 0 or len(val_set) == 0:
         raise InputError("no classifier crops: the dataset has no boxes in train or val")
@@ -173,7 +175,9 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
     flipped = polarity_flip_classes(cfg.augment, labels, train_set) if cfg.augment.invert else []
     if cfg.augment.invert and console is not None:
         console.print(f"  polarity flips (p={cfg.augment.invert}) for: {', '.join(flipped) or 'no class'}")
-    train_ds = CropDataset(train_set, cfg.crop_size, augmentation(cfg.augment, cfg.crop_size, seed), cfg.normalize,
+    # Each torchrun rank augments its own share with its own stream (rank 0: the single-process one).
+    augment = augmentation(cfg.augment, cfg.crop_size, seed + distributed.rank())
+    train_ds = CropDataset(train_set, cfg.crop_size, augment, cfg.normalize,
                            invert=cfg.augment.invert, invert_targets=tuple(labels.index(c) for c in flipped))
     train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
                               num_workers=cfg.workers, drop_last=len(train_set) > cfg.train.batch_size)
@@ -182,6 +186,9 @@ def train_classifier(cfg: ClassifierConfig, labels: list[str], train_set: CropSe
     res = fit(model, train_loader, val_loader, cfg.train, out_dir, labels, config_snapshot=config_snapshot,
               deadline=deadline, device=device, class_counts=train_set.counts(len(labels)), console=console,
               description="classifier")
+    if res.val_logits is None:  # a torchrun rank other than 0: rank 0 calibrates
+        return ClassifierResult(model, labels, 1.0, res.best_path, res.history, res.stopped_reason, {},
+                                time.monotonic() - t0, flipped)
     temperature = fit_temperature(res.val_logits, res.val_targets)
     val_metrics = classification_metrics(res.val_targets, softmax(res.val_logits, temperature), labels)
     val_metrics["temperature"] = temperature

@@ -149,6 +149,8 @@ def train(
     cfg = load_qc_config(config, ov)
     out = out or Path("runs") / time.strftime("qc-%Y%m%d-%H%M%S")
     outcome = train_qc(data, cfg, out, detector_weights=detector_weights, console=console)
+    if outcome is None:  # a torchrun rank other than 0: rank 0 writes the run and reports
+        return
     part = outcome.run.get("mode") == "part"
     table = Table(title="training summary (val)")
     table.add_column("metric")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import CONFIG_DIR, StrictModel, TrainConfig, load_config
 
@@ -76,6 +76,28 @@ class DetectorConfig(StrictModel):
     # In-image defect copy-paste (industrial_qc/paste.py): the share of training images with defects that get one
     # more copy of each, on their own surface, before mosaic. 0 turns it off.
     paste: float = Field(ge=0, le=1)
+    # Where Ultralytics trains stage 1: None = the run's device; "cpu"; a GPU index; several ("0,1" or [0, 1]):
+    # Ultralytics then runs its own DDP over them. Under torchrun only rank 0 trains the detector, with this list.
+    device: str | None = None
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_list(cls, value: object) -> str | None:
+        """``[0, 1]``, ``0`` or ``"0, 1"`` -> ``"0,1"``, the string Ultralytics parses; ``"cpu"`` stays."""
+        if value is None or value == "cpu":
+            return value
+        items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str | int) else None
+        if items is None:
+            raise ValueError(f"{value!r}: expected cpu, a GPU index or a list of them ([0, 1] or '0,1')")
+        ids = []
+        for item in items:
+            text = str(item).strip()
+            if isinstance(item, bool) or not text.isdigit():
+                raise ValueError(f"{value!r}: expected cpu, a GPU index or a list of them ([0, 1] or '0,1')")
+            ids.append(int(text))
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(f"{value!r}: expected distinct GPU indices")
+        return ",".join(map(str, ids))
 
     @model_validator(mode="after")
     def _line_candidates(self) -> DetectorConfig:

@@ -12,6 +12,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from common.errors import InputError
 from common.runtime import import_ultralytics
 from industrial_qc.config import DetectorConfig
 from industrial_qc.detector_hooks import add_training_callbacks, epoch_progress
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -125,6 +129,14 @@ def cpu_bf16_training(enabled: bool):
         trainer_mod.autocast = original
 
 
+def ultralytics_device(cfg: DetectorConfig, device: torch.device) -> str:
+    """Ultralytics' device string for stage 1: ``cfg.device`` when set ("0,1": its own DDP over those GPUs), else
+    the run's device ("cpu", or the index of this process's GPU)."""
+    if cfg.device is not None:
+        return cfg.device
+    return "cpu" if device.type == "cpu" else str(device.index or 0)
+
+
 def train_args(cfg: DetectorConfig, data_yaml: Path, project: Path, *, device: str, seed: int,
                minutes: float | None, bf16: bool = False) -> dict:
     """Keyword arguments for ``YOLO.train``; ``minutes`` caps the wall time (Ultralytics' ``time`` in hours)."""
@@ -194,14 +206,16 @@ def _final_metrics(trainer, bf16: bool, during: dict) -> dict:
 def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, device: str = "cpu", seed: int = 0,
                    minutes: float | None = None, weights: str | Path | None = None, threads: int | None = None,
                    console=None) -> DetectorResult:
-    """Train; returns the best/last .pt (copied to ``work_dir``) and the final validation metrics. ``threads``:
-    torch threads for the training steps (None: all cores).
+    """Train; returns the best/last .pt (copied to ``work_dir``) and the final validation metrics. ``device``:
+    Ultralytics' device string ("cpu", "0", or "0,1" for its own DDP over those GPUs). ``threads``: torch threads
+    for the training steps (None: all cores).
 
     Ultralytics runs quietly (YOLO_VERBOSE=False); a rich progress bar (epochs, rate, ETA, val mAP50 and
     recall) goes to ``console`` instead. With a time budget Ultralytics re-plans the epoch count as it goes.
     """
     import time
 
+    from common.distributed import hidden_launch_env
     from common.progress import add_task, make_progress
 
     t0 = time.monotonic()
@@ -218,7 +232,9 @@ def train_detector(cfg: DetectorConfig, data_yaml: Path, work_dir: Path, *, devi
         bf16 = use_cpu_bf16(cfg, device)
         during: dict = {}  # what the training steps really ran with, for metrics.json
         add_training_callbacks(model, cfg, threads, seed, during)
-        with cpu_bf16_training(bf16):
+        # hidden_launch_env: under torchrun (rank 0 trains the detector alone) Ultralytics must see a single process,
+        # and with several devices in ``device`` it starts its own DDP workers, as without torchrun.
+        with cpu_bf16_training(bf16), hidden_launch_env():
             model.train(**train_args(cfg, view, work_dir / "ultralytics", device=device, seed=seed, minutes=minutes,
                                      bf16=bf16))
     shutil.rmtree(view_dir, ignore_errors=True)

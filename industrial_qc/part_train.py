@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
+from common import distributed
 from common.calibration import fit_temperature
 from common.config import TrainConfig, config_snapshot
 from common.engine import fit
@@ -125,12 +126,15 @@ class Trained:
 
 def train_part_classifier(cfg: QCConfig, data: PartData, out: Path, deadline: float | None, device: torch.device,
                           console: Console) -> Trained:
-    """Fit the ResNet on the decoded parts until ``deadline`` (best epoch on val) and its temperature."""
+    """Fit the ResNet on the decoded parts until ``deadline`` (best epoch on val) and its temperature (under
+    torchrun: on rank 0; the others get 1.0 and stop after the fit)."""
     t0, p = time.monotonic(), cfg.part
     labels = data.parts.labels
     net = build_classifier(p.arch, len(labels), "standard", p.weights)
     tcfg = part_train_config(p)
-    train_ds = PartImages(data.train_x, data.train_y, p.normalize, part_augmentation(p.augment, cfg.seed))
+    # Each torchrun rank augments its own share with its own stream (rank 0: the single-process one).
+    train_ds = PartImages(data.train_x, data.train_y, p.normalize,
+                          part_augmentation(p.augment, cfg.seed + distributed.rank()))
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=True, generator=gen,
                               num_workers=p.workers, drop_last=len(train_ds) > tcfg.batch_size)
@@ -143,7 +147,7 @@ def train_part_classifier(cfg: QCConfig, data: PartData, out: Path, deadline: fl
     res = fit(net, train_loader, val_loader, tcfg, out / "checkpoints" / "part", labels,
               config_snapshot=config_snapshot(cfg), deadline=deadline, device=device, class_counts=counts,
               console=console, description="part classifier")
-    temperature = fit_temperature(res.val_logits, res.val_targets)
+    temperature = fit_temperature(res.val_logits, res.val_targets) if res.val_logits is not None else 1.0
     return Trained(net, temperature, res.history, res.stopped_reason, res.best_epoch, time.monotonic() - t0)
 
 
@@ -225,17 +229,24 @@ def write_part_run(out: Path, data: Path, cfg: QCConfig, parts: PartSet, metrics
 
 
 def train_part_run(data: Path | str, cfg: QCConfig, out: Path | str, console: Console | None = None
-                   ) -> TrainOutcome:
-    """Train the part classifier on the image-level dataset ``data`` into run directory ``out``."""
-    console = console or Console()
+                   ) -> TrainOutcome | None:
+    """Train the part classifier on the image-level dataset ``data`` into run directory ``out``.
+
+    Under torchrun every rank decodes the data and trains (DDP); rank 0 alone writes ``out`` and prints, and the
+    other ranks return None after the fit."""
+    console = distributed.quiet_unless_main(console)
     budget = Budget.begin(cfg.max_minutes)
     seed_everything(cfg.seed)
     threads = set_torch_threads(cfg.threads)
     device = pick_device(cfg.device)
+    distributed.init(device)
     data, out = Path(data), Path(out)
     pdata = load_part_data(data, cfg, threads, console)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     trained = train_part_classifier(cfg, pdata, out, budget.classifier_deadline(), device, console)
+    if not distributed.is_main():
+        return None
 
     fp32 = out / PART_ONNX
     export_part_classifier(trained.net, cfg.part.image_size, fp32,

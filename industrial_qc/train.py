@@ -7,13 +7,17 @@
       plots/confusion_matrix.png  pr_curve.png
 
 The verdict thresholds live in the classifiers' ONNX metadata; run.json names the model files and their hashes.
+
+Under torchrun (``common.distributed``) rank 0 alone trains the detector (with ``detector.device``, Ultralytics'
+own DDP when that names several GPUs) and sets the line confidence while the other ranks wait; it sends them the
+line detections, every rank builds the same crops, and the crop classifier trains on all ranks (DDP). Then the
+other ranks return None and rank 0 does the rest. Only rank 0 writes the run directory or prints.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,10 +25,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
+from common import distributed
 from common.config import config_snapshot
 from common.errors import InputError
 from common.export import write_metadata
-from common.progress import add_task, make_progress, update_rate
 from common.rundir import write_run_json
 from common.runtime import pick_device, seed_everything, set_torch_threads
 from industrial_qc.config import ClassifierConfig, QCConfig
@@ -36,11 +40,11 @@ from industrial_qc.data import (
     defect_scale,
     fingerprint,
     load_dataset,
-    read_image,
     small_defect_warning,
     write_resolved_yaml,
 )
 from industrial_qc.evaluate import pipeline_metrics
+from industrial_qc.line_detections import LineDetections, line_detections, shared_line_detections
 from industrial_qc.pipeline import Detections, OnnxDetector, Pipeline
 from industrial_qc.quantize import LineClassifier, line_classifier
 from industrial_qc.thresholds import line_thresholds, part_sample
@@ -116,28 +120,18 @@ class TrainData:
         return ["background", *self.ds.names]
 
 
-@dataclass
-class LineDetections:
-    """What the exported detector makes of both splits at its line confidence. The val images are decoded once
-    here for every later step (val splits are small); train images are read again where needed."""
-
-    conf: float
-    box_recall: float  # val box recall at ``conf``
-    val_images: list[np.ndarray]
-    val_gt: list[np.ndarray]  # (K, 4) ground-truth boxes in pixels
-    val: list[Detections]
-    train: list[Detections]  # empty when neither stage 2 nor the thresholds need them
-
-
 def load_train_data(data_yaml: Path, out: Path, imgsz: int, console: Console) -> TrainData:
-    """Load and check the train and val splits, create the run folder with its resolved data.yaml, and warn
-    when the train defects are too small for the detector at ``imgsz``."""
+    """Load and check the train and val splits, create the run folder with its resolved data.yaml (rank 0 of a
+    torchrun job; the others only name it), and warn when the train defects are too small for the detector at
+    ``imgsz``."""
     ds = load_dataset(data_yaml, ("train", "val"))
     train, val = ds.split("train"), ds.split("val")
     if not any(s.defective for s in train) or not any(s.defective for s in val):
         raise InputError(f"{data_yaml}: train and val each need at least one labelled defect")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    resolved = write_resolved_yaml(ds, out / "data.yaml")
+    resolved = out / "data.yaml"
+    if distributed.is_main():
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        resolved = write_resolved_yaml(ds, out / "data.yaml")
     fp = fingerprint(ds)
     console.print(f"[bold]data[/] {data_yaml}: {ds.summary()}")
     scale = defect_scale(train, imgsz)
@@ -149,63 +143,19 @@ def load_train_data(data_yaml: Path, out: Path, imgsz: int, console: Console) ->
 def detector_stage(cfg: QCConfig, data: TrainData, out: Path, device: torch.device, budget: Budget,
                    weights: str | Path | None, console: Console) -> DetectorResult:
     """Stage 1: train the detector within its share of the budget and export ``detector.onnx``."""
-    from industrial_qc.detector import export_detector, train_detector
+    from industrial_qc.detector import export_detector, train_detector, ultralytics_device
 
     minutes = budget.detector_minutes(cfg.detector_share)
     console.print(f"[bold]stage 1[/] detector {cfg.detector.model} at {cfg.detector.imgsz} px"
                   + (f", {minutes:.1f} min budget" if minutes else f", {cfg.detector.epochs} epochs"))
     det = train_detector(cfg.detector, data.resolved_yaml, out / "checkpoints",
-                         device="cpu" if device.type == "cpu" else "0", seed=cfg.seed, minutes=minutes,
+                         device=ultralytics_device(cfg.detector, device), seed=cfg.seed, minutes=minutes,
                          weights=weights, threads=cfg.threads, console=console)
     export_detector(det.best_pt, out / "detector.onnx", cfg.detector, data.ds.names,
                     {"data_fingerprint": data.fingerprint, "run_name": out.name})
     console.print(f"  detector: {det.epochs_run} epochs in {det.seconds / 60:.1f} min, val mAP50 "
                   f"{det.metrics['mAP50']:.3f}, recall {det.metrics['recall']:.3f}")
     return det
-
-
-def _detect_all(detector: OnnxDetector, images: Iterable[np.ndarray], total: int, progress, label: str
-                ) -> list[Detections]:
-    task = add_task(progress, label, total=total)
-    out = []
-    for img in images:
-        out.append(detector(img))
-        progress.update(task, advance=1)
-        update_rate(progress, task, "img")
-    return out
-
-
-def _keep(d: Detections, conf: float, min_keep: int) -> Detections:
-    """What the line detector makes at ``conf`` of detections made at its floor (``decode``: best first)."""
-    m = d.scores >= conf
-    m[:min_keep] = True
-    return d.subset(m)
-
-
-def line_detections(cfg: QCConfig, data: TrainData, detector: OnnxDetector, console: Console) -> LineDetections:
-    """Set the line confidence (the highest that keeps ``detector.target_box_recall`` of the val boxes the
-    detector finds; written into its ONNX file) and detect val at it, and train too when hard negatives,
-    proposals or train-split thresholds need it."""
-    from industrial_qc.detector import choose_conf
-
-    dcfg, ccfg = cfg.detector, cfg.classifier
-    val_images = [read_image(s.image) for s in data.val]
-    val_gt = [s.boxes_xyxy(*s.size) for s in data.val]
-    detector.conf = dcfg.min_conf
-    with make_progress(console) as progress:
-        val_raw = _detect_all(detector, val_images, len(val_images), progress, "detect val")
-        conf, box_recall = choose_conf(val_raw, val_gt, target_recall=dcfg.target_box_recall,
-                                       iou_thr=cfg.verdict.match_iou, floor=dcfg.min_conf, ceiling=dcfg.conf)
-        detector.conf = conf
-        write_metadata(detector.model.path, {"conf": conf})
-        val_dets = [_keep(d, conf, dcfg.min_candidates) for d in val_raw]
-        train_dets = []
-        if ccfg.hard_negatives or ccfg.proposals_per_defect > 0 or cfg.verdict.reference == "train+val":
-            train_dets = _detect_all(detector, (read_image(s.image) for s in data.train), len(data.train),
-                                     progress, "detect train")
-    console.print(f"  line confidence {conf:.4f}: val box recall {box_recall:.3f} with <= {dcfg.max_det} "
-                  "candidates")
-    return LineDetections(conf, box_recall, val_images, val_gt, val_dets, train_dets)
 
 
 def stage2_crop_sets(ccfg: ClassifierConfig, train: list[Sample], val: list[Sample], train_dets: list[Detections],
@@ -253,14 +203,16 @@ def stage2_crops(ccfg: ClassifierConfig, data: TrainData, line: LineDetections, 
 
 def classifier_stage(cfg: QCConfig, data: TrainData, crops: tuple[CropSet, CropSet], out: Path, device: torch.device,
                      budget: Budget, snapshot: dict, console: Console) -> tuple[ClassifierResult, int]:
-    """Stage 2: train the crop classifier until its deadline and export ``classifier.onnx``. Returns the result
-    and the torch threads it trained with."""
+    """Stage 2: train the crop classifier until its deadline and export ``classifier.onnx`` (rank 0). Returns the
+    result and the torch threads it trained with."""
     from industrial_qc.classifier import export_classifier, train_classifier
 
     threads = set_torch_threads(cfg.threads)  # Ultralytics' device selection leaves torch on cores - 1
     clf = train_classifier(cfg.classifier, data.labels, *crops, out / "checkpoints" / "classifier",
                            deadline=budget.classifier_deadline(), device=device, seed=cfg.seed,
                            config_snapshot=snapshot, console=console)
+    if not distributed.is_main():
+        return clf, threads
     export_classifier(clf.model, cfg.classifier, data.labels, clf.temperature, out / "classifier.onnx",
                       {"data_fingerprint": data.fingerprint, "run_name": out.name})
     return clf, threads
@@ -324,22 +276,29 @@ def write_run(out: Path, data_yaml: Path, data: TrainData, snapshot: dict, metri
 
 
 def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
-              console: Console | None = None) -> TrainOutcome:
-    """Train stage 1 and stage 2 on ``data_yaml`` into run directory ``out`` and return run.json's content."""
-    console = console or Console()
+              console: Console | None = None) -> TrainOutcome | None:
+    """Train stage 1 and stage 2 on ``data_yaml`` into run directory ``out`` and return run.json's content
+    (None on a torchrun rank other than 0, after stage 2 has trained)."""
+    console = distributed.quiet_unless_main(console)
     budget = Budget.begin(cfg.max_minutes)
     seed_everything(cfg.seed)
     set_torch_threads(cfg.threads)
     device = pick_device(cfg.device)
+    distributed.init(device)
     out = Path(out)
     data = load_train_data(data_yaml, out, cfg.detector.imgsz, console)
     snapshot = config_snapshot(cfg)
 
-    det = detector_stage(cfg, data, out, device, budget, detector_weights, console)
-    detector = OnnxDetector(out / "detector.onnx")  # what the line runs, for everything that follows
-    line = line_detections(cfg, data, detector, console)
+    det, detector, line = None, None, None
+    if distributed.is_main():  # the other ranks wait for its line detections
+        det = detector_stage(cfg, data, out, device, budget, detector_weights, console)
+        detector = OnnxDetector(out / "detector.onnx")  # what the line runs, for everything that follows
+        line = line_detections(cfg, data, detector, console)
+    line = shared_line_detections(line, data)
     crops = stage2_crops(cfg.classifier, data, line, cfg.seed, console)
     clf, cls_threads = classifier_stage(cfg, data, crops, out, device, budget, snapshot, console)
+    if not distributed.is_main():
+        return None
 
     line_clf = line_classifier(cfg.classifier.line_precision, out / "classifier.onnx", data.train, line.train,
                                line.val_images, line.val, console)
@@ -355,9 +314,10 @@ def train_run(data_yaml: Path, cfg: QCConfig, out: Path, *, detector_weights: st
 
 
 def train_qc(data: Path | str, cfg: QCConfig, out: Path, *, detector_weights: str | Path | None = None,
-             console: Console | None = None) -> TrainOutcome:
+             console: Console | None = None) -> TrainOutcome | None:
     """``qc train DATA``: a data.yaml trains detector and crop classifier (``train_run``); a CSV manifest or a
-    folder of class folders trains a part classifier (``industrial_qc.part_train``)."""
+    folder of class folders trains a part classifier (``industrial_qc.part_train``). None on a torchrun rank
+    other than 0 (rank 0 writes the run and returns it)."""
     from industrial_qc.parts import data_kind
 
     if data_kind(data) == "detect":

@@ -159,6 +159,8 @@ def train(
     console = _console()
     cfg = load_medical_config(config, set_)
     result = run_train(manifest, cfg, out, weights=weights, max_minutes=max_minutes, console=console)
+    if result is None:  # a torchrun rank other than 0: rank 0 writes the run and reports
+        return
     print_metrics(console, result.metrics["val"], "validation")
     op = result.metrics.get("operating_point")
     print_tradeoff(console, result.metrics.get("tradeoff"), "out-of-fold" if op and op["source"] == "kfold"

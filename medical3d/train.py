@@ -5,6 +5,10 @@
     runs/<name>/run.json  model.onnx  checkpoints/{best,last}.pt  metrics.json  plots/{roc,confusion,calibration}.png
 
 The loop itself is ``common.engine.fit``; this module only feeds it and packages what comes out.
+
+Under torchrun (``common.distributed``) rank 0 fills the preprocessing cache before the other ranks read it, every
+rank trains (DDP; with ``threshold_from: kfold`` the fold models too), then the other ranks return None and rank 0
+calibrates, exports and writes the run directory; only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
+from common import distributed
 from common.calibration import fit_temperature_bias
 from common.config import config_snapshot
 from common.engine import fit
@@ -143,7 +148,8 @@ def make_loaders(prepared: Prepared, by_split: dict[str, list[int]], labels: lis
 
     train_x, train_y = subset("train")
     val_x, val_y = subset("val")
-    train_ds = VolumeDataset(train_x, train_y, build_augment(cfg.augment, cfg.runtime.seed,
+    # Each torchrun rank augments its own share with its own stream (rank 0: the single-process one).
+    train_ds = VolumeDataset(train_x, train_y, build_augment(cfg.augment, cfg.runtime.seed + distributed.rank(),
                                                                cfg.preprocess.resample.spacing))
     val_ds = VolumeDataset(val_x, val_y)
     gen = torch.Generator().manual_seed(cfg.runtime.seed)
@@ -250,22 +256,30 @@ def training_metrics(cal: Calibrated, result: FitResult, cfg: MedicalConfig, by_
 
 
 def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | None = None,
-          max_minutes: float | None = None, console: Console | None = None) -> TrainResult:
-    """Preprocess (cached), train, calibrate, choose the threshold, export ONNX and write the run directory."""
-    console = console or Console()
+          max_minutes: float | None = None, console: Console | None = None) -> TrainResult | None:
+    """Preprocess (cached), train, calibrate, choose the threshold, export ONNX and write the run directory.
+    None on a torchrun rank other than 0, after the fit (rank 0 writes the run and returns it)."""
+    console = distributed.quiet_unless_main(console)
     t_start = time.monotonic()
     device = configure_runtime(cfg.runtime)
+    distributed.init(device)
     cases, labels = load_split_cases(manifest, cfg)
-    cache = resolve_cache(cfg)
-    prepared = prepare_with_progress(cases, cfg.preprocess, cache, console)
+    with distributed.main_first():  # rank 0 fills the cache, the other ranks then read it
+        cache = resolve_cache(cfg)
+        prepared = prepare_with_progress(cases, cfg.preprocess, cache, console)
     by_split = split_indices(prepared, manifest)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
     oof = None
     if cfg.verdict.threshold_from == "kfold" and len(labels) == 2:
+        import tempfile
+
         from medical3d.kfold import out_of_fold  # imports this module
 
-        oof = out_of_fold(prepared, by_split, labels, positive_label(cfg, labels), cfg, out_dir, weights=weights,
+        # The fold models' scratch folder: in the run directory on rank 0 only (the others write nothing there).
+        work_dir = out_dir if distributed.is_main() else Path(tempfile.gettempdir())
+        oof = out_of_fold(prepared, by_split, labels, positive_label(cfg, labels), cfg, work_dir, weights=weights,
                           budget_s=max_minutes * 60 * cfg.verdict.kfold_budget_share if max_minutes else None,
                           device=device, console=console)
         seed_everything(cfg.runtime.seed)  # the final model starts as it would with threshold_from=val
@@ -277,6 +291,8 @@ def train(manifest: Path, cfg: MedicalConfig, out_dir: Path, *, weights: Path | 
     result = fit(model, loaders.train, loaders.val, cfg.train, out_dir / "checkpoints", labels,
                  config_snapshot=snapshot, deadline=deadline, device=device, class_counts=loaders.class_counts,
                  console=console, description="train medical3d")
+    if not distributed.is_main():
+        return None
     if cfg.model.tta != "none":  # calibrate the logits the scorer will produce: the mean over the TTA views
         from medical3d.evaluate import predict_logits  # imports this module
 

@@ -2,11 +2,13 @@ import subprocess
 import sys
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+from common.errors import InputError
 from common.export import export_onnx
-from common.inference import OnnxModel, softmax
+from common.inference import OnnxModel, available_providers, session_providers, softmax
 from tests.common.toys import META, Small2D
 
 
@@ -54,3 +56,40 @@ def test_sessions_on_the_shared_pool_give_the_same_outputs(tmp_path):
                     str(tmp_path / "y.npy")], check=True, capture_output=True)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), OnnxModel(tmp_path / "m.onnx").run(x), rtol=1e-5,
                                atol=1e-6)
+
+
+# ---------------------------------------------------------------- providers: VSUITE_ORT_PROVIDERS, else available
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    """A small exported CNN."""
+    export_onnx(Small2D().eval(), torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", META)
+    return tmp_path / "m.onnx"
+
+
+def test_without_the_variable_sessions_take_the_available_providers(monkeypatch, model_path):
+    monkeypatch.delenv("VSUITE_ORT_PROVIDERS", raising=False)
+    have = ort.get_available_providers()
+    assert session_providers() == available_providers()
+    assert available_providers()[-1] == "CPUExecutionProvider"
+    assert ("CUDAExecutionProvider" in available_providers()) == ("CUDAExecutionProvider" in have)
+    assert OnnxModel(model_path).session.get_providers() == available_providers()
+
+
+def test_the_variable_chooses_the_providers_in_its_order(monkeypatch, model_path):
+    monkeypatch.setenv("VSUITE_ORT_PROVIDERS", " CPUExecutionProvider , CPUExecutionProvider")
+    assert session_providers() == ["CPUExecutionProvider"]
+    assert OnnxModel(model_path).session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_a_provider_this_onnxruntime_lacks_is_named_with_those_it_has(monkeypatch, model_path):
+    monkeypatch.setenv("VSUITE_ORT_PROVIDERS", "NoSuchExecutionProvider,CPUExecutionProvider")
+    with pytest.raises(InputError, match="VSUITE_ORT_PROVIDERS=.*NoSuchExecutionProvider not available.*"
+                                         "available: .*CPUExecutionProvider"):
+        session_providers()
+    with pytest.raises(InputError, match="NoSuchExecutionProvider not available"):  # not "not a loadable model"
+        OnnxModel(model_path)
+    monkeypatch.setenv("VSUITE_ORT_PROVIDERS", " , ")
+    with pytest.raises(InputError, match="names no provider; available: .*CPUExecutionProvider"):
+        session_providers()

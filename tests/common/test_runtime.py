@@ -24,3 +24,17 @@ def test_runtime_helpers():
     n = torch.get_num_threads()
     assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
     torch.set_num_threads(n)
+
+
+def test_ultralytics_integrations_are_switched_off():
+    # Every integration key this Ultralytics release knows is off (an unknown key must not undo the others): with
+    # Ray installed, raytune left on would import ray.tune into every detector training.
+    from common.runtime import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.utils import SETTINGS
+
+    for key in ("sync", "raytune", "tensorboard", "mlflow", "wandb"):
+        if key in SETTINGS:
+            assert SETTINGS[key] is False, key
+    assert "sync" in SETTINGS and "raytune" in SETTINGS
