@@ -10,9 +10,9 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 DEMO_OUT ?= demo_out
 DEMO_MINUTES ?= 3
 
-.PHONY: setup browser demo test lint format clean bench-help bench-ants bench-elpv
+.PHONY: setup browser servers demo test lint format clean bench-help bench-ants bench-elpv
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser servers
 
 # Browser tests drive Debian's Chromium through Playwright; no tool may download a browser of its own.
 browser:
@@ -20,6 +20,16 @@ browser:
 	  echo "== setup: installing Debian chromium"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+# The plant-connection tests start Debian's mosquitto on a free loopback port themselves; the package's own
+# service is stopped and disabled (nothing listens on 1883 behind the tests' back).
+servers:
+	@if [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "== setup: installing Debian mosquitto"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; \
+	  $$SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || $$SUDO service mosquitto stop >/dev/null 2>&1 || true; \
 	fi
 
 $(STAMP):

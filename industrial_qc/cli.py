@@ -295,15 +295,42 @@ def inspect(
     max_pixels: int = typer.Option(None, "--max-pixels", min=1,
                                    help="Largest image, in pixels, read from its header before decoding "
                                         "[default: the run's input.max_pixels, 100 MP]."),
+    publish: list[str] = typer.Option(None, "--publish",
+                                      help="Send each part's result to mqtt://host:port/topic, "
+                                           "opc.tcp://host:port/path[?station=NAME] or http(s)://url (repeatable; "
+                                           "replaces line.publish). Delivered from the ledger, exactly once."),
+    deadline_ms: float = typer.Option(None, "--deadline-ms", min=0.0,
+                                      help="Publish a part as REVIEW (reason deadline) when it is not judged this many "
+                                           "ms after it was taken; its late result is still recorded."),
+    metrics_port: int = typer.Option(None, "--metrics-port", min=0, max=65535,
+                                     help="Serve Prometheus /metrics and /healthz on this port."),
+    metrics_host: str = typer.Option(None, "--metrics-host", help="Address for --metrics-port [default: 127.0.0.1]."),
+    status_interval: float = typer.Option(None, "--status-interval", min=0.1,
+                                          help="Seconds between MQTT <topic>/status messages [default: 5]."),
+    publish_drain: float = typer.Option(None, "--publish-drain", min=0.0,
+                                        help="Seconds to wait at exit for pending deliveries [default: 10]; the "
+                                             "rest is sent after the next start."),
+    config: Path = typer.Option(None, "--config", help="Config YAML for the line: section "
+                                                       "[default: configs/industrial_qc/default.yaml]."),
+    overrides: list[str] = typer.Option(None, "--set", help="Override a config key, e.g. line.deadline_ms=200."),
 ) -> None:
     """Line inspection: one fsync'd JSON line per part, exactly once across restarts; Ctrl-C stops cleanly.
     One line per output folder; files still being written (.part/.tmp names, or changing) wait until complete.
-    A part-classifier run writes a heatmap of each FAIL / REVIEW part to OUT/heatmaps."""
+    A part-classifier run writes a heatmap of each FAIL / REVIEW part to OUT/heatmaps. Plant connections
+    (--publish, --deadline-ms, --metrics-port): options given here win over the config's line: section."""
+    from industrial_qc.config import load_qc_config
     from industrial_qc.line import InspectOptions, run_line
 
+    line = load_qc_config(config, list(overrides or [])).line
     opts = InspectOptions(watch=watch, poll_interval=poll, annotate=annotate, sort=sort.value,  # type: ignore[arg-type]
                           max_parts=max_parts, idle_exit=idle_exit, threads=threads, settle=settle_seconds,
-                          error_grace=error_grace, follow_links=follow_links, max_pixels=max_pixels)
+                          error_grace=error_grace, follow_links=follow_links, max_pixels=max_pixels,
+                          publish=list(publish) if publish else list(line.publish),
+                          deadline_ms=deadline_ms if deadline_ms is not None else line.deadline_ms,
+                          metrics_port=metrics_port if metrics_port is not None else line.metrics_port,
+                          metrics_host=metrics_host or line.metrics_host,
+                          status_interval=status_interval or line.status_interval,
+                          publish_drain=publish_drain if publish_drain is not None else line.publish_drain)
     console = _console()
     summary = run_line(run, source, out, opts, console=console)
     console.print(f"-> [bold]{summary['results']}[/]")

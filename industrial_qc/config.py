@@ -229,6 +229,17 @@ class InputConfig(StrictModel):
     min_side: int = Field(ge=1)
 
 
+class LineConfig(StrictModel):
+    """``qc inspect``'s plant connections (``industrial_qc.plant``); its command-line options win over these."""
+
+    publish: list[str] = Field(default_factory=list)  # mqtt://, opc.tcp://, http(s):// URLs (--publish)
+    deadline_ms: float | None = Field(default=None, ge=0)  # fail-safe: REVIEW when not judged in time; None = off
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus /metrics and /healthz; None = off
+    metrics_host: str = "127.0.0.1"  # loopback unless a scraper elsewhere needs it
+    status_interval: float = Field(default=5.0, gt=0)  # seconds between MQTT <topic>/status messages
+    publish_drain: float = Field(default=10.0, ge=0)  # seconds to wait at exit for pending deliveries
+
+
 class QCConfig(StrictModel):
     seed: int
     device: Literal["auto", "cpu", "cuda"]
@@ -240,6 +251,7 @@ class QCConfig(StrictModel):
     part: PartConfig  # image-level data: `qc train` on a class-folder tree or a CSV manifest
     verdict: VerdictConfig
     input: InputConfig
+    line: LineConfig = Field(default_factory=LineConfig)  # qc inspect (older run.json snapshots have none)
 
 
 def load_qc_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> QCConfig:

@@ -43,6 +43,7 @@ from industrial_qc.hotfolder import (
 from industrial_qc.images import ImageLimits, check_image, read_image, write_image
 from industrial_qc.part_pipeline import PartPipeline
 from industrial_qc.pipeline import Pipeline, draw_annotations, load_pipeline, part_record
+from industrial_qc.plant import PlantLink
 from industrial_qc.verdict import VERDICTS
 
 
@@ -62,6 +63,14 @@ class InspectOptions:
     threads: int | None = None
     status_every: float = 5.0  # seconds between status lines when stdout is not a terminal
     max_pixels: int | None = None  # overrides the run's input.max_pixels
+    # plant connections (industrial_qc.plant): publisher URLs, the fail-safe deadline, metrics and health
+    publish: list[str] = field(default_factory=list)
+    deadline_ms: float | None = None  # a part not judged this long after it was taken is published as REVIEW
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    status_interval: float = 5.0  # seconds between MQTT status messages
+    publish_drain: float = 10.0  # seconds the line waits at exit for pending deliveries (the rest: next start)
+    health_stale: float = 30.0  # /healthz answers 503 once the loop has not turned for this long
 
 
 @dataclass
@@ -121,9 +130,10 @@ class StopFlag:
 
 
 def iter_parts(source: str, ledger: Ledger, opts: InspectOptions, stop: StopFlag, out_dir: Path,
-               scanner: Scanner | None = None, console=None) -> Iterator[Part]:
+               scanner: Scanner | None = None, console=None, tick=None) -> Iterator[Part]:
     """Parts not yet in the ledger, in order; with ``watch`` the folder/glob is polled until stopped. Without
-    ``watch`` the source is read once, waiting only for files that are still settling."""
+    ``watch`` the source is read once, waiting only for files that are still settling. ``tick``: called per poll
+    (the health check sees an idle line alive)."""
     kind = classify_source(source)
     if kind in ("video", "camera"):
         yield from _iter_frames(source, kind, ledger, stop)
@@ -134,6 +144,8 @@ def iter_parts(source: str, ledger: Ledger, opts: InspectOptions, stop: StopFlag
     shown_error = None
     while not stop.stopped:
         ready, waiting = scanner.poll(ledger, watch=opts.watch)
+        if tick is not None:
+            tick()
         if scanner.errors and scanner.errors[0] != shown_error and console is not None:
             console.print(f"[yellow]warning:[/] {scanner.errors[0]}", highlight=False)
         shown_error = scanner.errors[0] if scanner.errors else None
@@ -263,10 +275,16 @@ def _line_loop(pipe: Pipeline | PartPipeline, limits: ImageLimits, source: str, 
     scanner = None if kind in ("video", "camera") else Scanner(
         source, kind, out_dir, settle=opts.settle, error_grace=opts.error_grace, follow_links=opts.follow_links)
     status = _Status(console, opts.status_every)
+    plant = PlantLink(out_dir, pipe.run_id, publish=opts.publish, deadline_ms=opts.deadline_ms,
+                      metrics_port=opts.metrics_port, metrics_host=opts.metrics_host,
+                      status_interval=opts.status_interval, health_stale=opts.health_stale, console=console,
+                      backlog=(lambda: len(scanner.pending)) if scanner is not None else None)
+    delivery: dict = {}
     with StopFlag() as stop, JsonlWriter(results_path) as writer, status:
         try:
-            for part in iter_parts(source, ledger, opts, stop, out_dir, scanner, console):
-                record = _record_part(pipe, limits, part, scanner, writer, ledger, out_dir, opts, console)
+            plant.start(results_path)
+            for part in iter_parts(source, ledger, opts, stop, out_dir, scanner, console, plant.tick):
+                record = _record_part(pipe, limits, part, scanner, writer, ledger, out_dir, opts, console, plant)
                 if record is None:
                     continue  # did not decode while it may still be arriving: tried again later
                 ok = record["status"] == "ok"
@@ -276,9 +294,14 @@ def _line_loop(pipe: Pipeline | PartPipeline, limits: ImageLimits, source: str, 
                     break
         finally:
             ledger.close()
+            delivery = plant.close(opts.publish_drain)
     summary = stats.summary()
-    summary.update(results=str(results_path), ledger=str(ledger.path), stopped_by=stop.signal, run_id=pipe.run_id)
+    summary.update(results=str(results_path), ledger=str(ledger.path), stopped_by=stop.signal, run_id=pipe.run_id,
+                   delivery=delivery)
     console.print(stats.line() + (f"  (stopped by {stop.signal})" if stop.signal else ""))
+    for name, d in delivery.items():
+        console.print(f"publish {name}: {d['delivered']} delivered, {d['pending']} pending, {d['failed']} refused, "
+                      f"{d['failures']} failed attempts", highlight=False, soft_wrap=True)
     return summary
 
 
@@ -295,20 +318,25 @@ def _resume(results_path: Path, ledger: Ledger, out_dir: Path, opts: InspectOpti
 
 
 def _record_part(pipe: Pipeline | PartPipeline, limits: ImageLimits, part: Part, scanner: Scanner | None,
-                 writer: JsonlWriter, ledger: Ledger, out_dir: Path, opts: InspectOptions, console) -> dict | None:
+                 writer: JsonlWriter, ledger: Ledger, out_dir: Path, opts: InspectOptions, console,
+                 plant: PlantLink) -> dict | None:
     """Inspect one part (a part run's heatmap first), write its record, then its ledger line, then annotate/sort
-    it; None when it is held back (``Scanner.defer``: no record now)."""
+    it and hand it to the publishers; None when it is held back (``Scanner.defer``: no record now)."""
     heatmaps = out_dir / "heatmaps" if isinstance(pipe, PartPipeline) else None
+    plant.taken(part.key, part.source)
     record, img = inspect_part(pipe, part, limits, heatmaps)
     if record.pop("retryable", False) and opts.watch and scanner is not None \
             and scanner.defer(part, record["reason"]):
+        plant.judged(None)
         return None
+    plant.judged(record)
     if scanner is not None:
         scanner.taken(part)
     if opts.sort != "none" and part.path is not None:
         record["sort"] = opts.sort  # a restart finishes a move a kill cut short (_finish_sorting)
     writer.write(record)
     ledger.add(part.key)
+    plant.recorded(record)
     try:
         _after(record, img, part, out_dir, opts)
     except Exception as exc:  # recorded already: a full disk or a permission must not stop the line
