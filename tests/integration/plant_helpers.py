@@ -79,12 +79,7 @@ class Subscriber:
             return [p for t, p, _r in self.messages if t == topic]
 
     def wait_for(self, cond, timeout: float = 20.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.05)
-        return cond()
+        return wait_until(cond, timeout)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -121,3 +116,13 @@ class Webhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def wait_until(cond, timeout: float = 60.0) -> bool:
+    """Poll ``cond`` every 50 ms until it holds or ``timeout`` seconds pass; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()

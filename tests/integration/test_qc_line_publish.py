@@ -11,14 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from industrial_qc.data import load_dataset
-from tests.integration.plant_helpers import Broker, Subscriber, Webhook, free_port
+from tests.integration.plant_helpers import Broker, Subscriber, Webhook, free_port, wait_until
 from tests.integration.qc_line_helpers import inspect_cli, strict_json_lines
 
 TOPIC = "plant/line1/parts"
@@ -45,15 +44,6 @@ def _start(run: Path, folder: Path, out: Path, *extra: str) -> subprocess.Popen:
            "--poll", "0.05", "--settle-seconds", "0", *extra]
     env = {**os.environ, "VSUITE_ORT_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def _wait(cond, timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_mqtt_one_message_per_part_status_and_last_will(tiny_run, tiny_data, tmp_path):
@@ -226,10 +216,10 @@ def test_metrics_and_healthz_of_a_running_line(tiny_run, tiny_data, tmp_path):
     line = _start(tiny_run, hot, out, "--metrics-port", str(port))
     try:
         base = f"http://127.0.0.1:{port}"
-        assert _wait(lambda: _try(lambda: _scrape(base + "/healthz")[0] == 200)), "no /healthz"
+        assert wait_until(lambda: _try(lambda: _scrape(base + "/healthz")[0] == 200)), "no /healthz"
         for f in sorted(folder.iterdir()):
             shutil.copy(f, hot / f.name)
-        assert _wait(lambda: len((out / "results.jsonl").read_text().splitlines()) == 5
+        assert wait_until(lambda: len((out / "results.jsonl").read_text().splitlines()) == 5
                      if (out / "results.jsonl").is_file() else False)
         code, text = _scrape(base + "/metrics")
         assert code == 200
